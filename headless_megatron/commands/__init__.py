@@ -1,0 +1,1 @@
+"""One module per ``headless-megatron`` subcommand: ``add_arguments(parser)`` and ``run(args)``."""

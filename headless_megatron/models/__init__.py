@@ -1,0 +1,1 @@
+"""Megatron-Core models (GPT decoder, BERT encoder) with headless post-processing."""

@@ -1,0 +1,1 @@
+"""Process-level runtime: device selection, the CPU adapter for Megatron-Core, distributed start-up."""

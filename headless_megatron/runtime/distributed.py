@@ -1,0 +1,126 @@
+"""Process group and Megatron parallel state, the same way on one CPU, a GPU node or a SLURM cluster.
+
+A process learns its place from the environment: torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``
+(plus ``MASTER_ADDR``/``MASTER_PORT``), or, when started directly by ``srun`` with one task per GPU,
+from ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``. With neither, it is a single rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from headless_megatron.runtime import cpu
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """How the world is split. Data parallelism is whatever is left: world / (tp * pp)."""
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: int | None = None
+
+    def data_parallel_size(self, world_size: int) -> int:
+        model_parallel = self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+        if world_size % model_parallel:
+            raise ValueError(
+                f"world size {world_size} is not divisible by tensor_model_parallel_size x "
+                f"pipeline_model_parallel_size = {self.tensor_model_parallel_size} x "
+                f"{self.pipeline_model_parallel_size}; launch a multiple of {model_parallel} ranks"
+            )
+        return world_size // model_parallel
+
+
+def map_slurm_environment(environ: dict | None = None) -> None:
+    """Fill torch's rendezvous variables from SLURM's when a task was started by ``srun`` directly.
+
+    Does nothing when ``RANK`` is already set (torchrun) or when not under SLURM.
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" in env or "SLURM_PROCID" not in env:
+        return
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1")
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env.setdefault("MASTER_PORT", "29500")
+    if "MASTER_ADDR" not in env:
+        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        env["MASTER_ADDR"] = _first_slurm_host(nodelist) if nodelist else "127.0.0.1"
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    result = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+    )
+    return result.stdout.split()[0]
+
+
+def device_for_this_rank() -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is available, else the CPU (with the Megatron CPU adapter on)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    cpu.activate()
+    return torch.device("cpu")
+
+
+def init_distributed(
+    layout: ParallelLayout = ParallelLayout(),
+    seed: int = 1234,
+    timeout_minutes: float = 10.0,
+) -> torch.device:
+    """Start the process group (NCCL on GPU, gloo on CPU) and Megatron's parallel state.
+
+    Also seeds torch and Megatron's model-parallel RNG tracker. Returns this rank's device.
+    Idempotent for the process group; the parallel state is rebuilt if it already exists.
+    """
+    from megatron.core import parallel_state, tensor_parallel
+
+    map_slurm_environment()
+    device = device_for_this_rank()
+    if not dist.is_initialized():
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        if "WORLD_SIZE" in os.environ:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group(
+                backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout
+            )
+        else:
+            dist.init_process_group(
+                backend="nccl" if device.type == "cuda" else "gloo",
+                store=dist.HashStore(),
+                rank=0,
+                world_size=1,
+                timeout=timeout,
+            )
+    layout.data_parallel_size(dist.get_world_size())
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=layout.tensor_model_parallel_size,
+        pipeline_model_parallel_size=layout.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=layout.virtual_pipeline_model_parallel_size,
+    )
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    return device
+
+
+def destroy_distributed() -> None:
+    """Tear down Megatron's parallel state and the process group (safe to call twice)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_rank_zero() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0

@@ -1,0 +1,43 @@
+"""headless-megatron: a Megatron-Core trainer for headless language models (Contrastive Weight Tying)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "headless_megatron/__init__.py").read_text()).group(1)
+
+setup(
+    name="headless-megatron",
+    version=VERSION,
+    description="Megatron-Core 3D-parallel trainer for headless language models (Contrastive Weight Tying)",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["headless_megatron", "headless_megatron.*"]),
+    install_requires=[
+        # On machines without a GPU, `make install` puts the CPU build torch==2.13.0 in first.
+        "torch>=2.6",
+        # The newest release that supports Python 3.10-3.11, and the one the suite runs against.
+        "megatron-core==0.16.1",
+        "numpy",
+        "pyyaml",
+        # Megatron's torch_dist checkpoint writer imports psutil but does not declare it.
+        "psutil",
+        "tqdm",
+    ],
+    extras_require={
+        # Fused attention, fused LayerNorm-linear and FP8. apex is optional: build it from source
+        # (https://github.com/NVIDIA/apex) for its fused Adam and norms; it is picked up when importable.
+        "gpu": ["transformer-engine[pytorch]"],
+        "test": ["pytest>=8", "pytest-timeout"],
+        "dev": ["pytest>=8", "pytest-timeout", "ruff"],
+    },
+    entry_points={"console_scripts": ["headless-megatron=headless_megatron.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

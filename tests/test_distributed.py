@@ -1,0 +1,59 @@
+"""Process-group start-up: environment mapping, layout validation, single- and multi-rank init."""
+
+import subprocess
+import sys
+
+import pytest
+
+from headless_megatron.runtime.distributed import ParallelLayout, init_distributed, map_slurm_environment
+from headless_megatron.testing import run_on_ranks
+
+
+def test_srun_task_environment_becomes_torch_rendezvous_variables():
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "MASTER_ADDR": "node7"}
+    map_slurm_environment(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("5", "8", "1")
+    assert env["MASTER_ADDR"] == "node7" and env["MASTER_PORT"] == "29500"
+
+
+def test_torchrun_variables_win_over_slurm():
+    env = {"RANK": "0", "WORLD_SIZE": "2", "SLURM_PROCID": "3"}
+    map_slurm_environment(env)
+    assert env["RANK"] == "0" and "LOCAL_RANK" not in env
+
+
+def test_world_size_must_be_a_multiple_of_tp_times_pp():
+    assert ParallelLayout(2, 2).data_parallel_size(8) == 2
+    with pytest.raises(ValueError, match="world size 6 is not divisible by .* 2 x 2"):
+        ParallelLayout(2, 2).data_parallel_size(6)
+
+
+def _layout_seen_by_megatron(tp, pp):
+    from megatron.core import parallel_state as ps
+
+    device = init_distributed(ParallelLayout(tp, pp))
+    return (
+        device.type,
+        ps.get_tensor_model_parallel_world_size(),
+        ps.get_pipeline_model_parallel_world_size(),
+        ps.get_data_parallel_world_size(),
+        ps.get_tensor_model_parallel_rank(),
+        ps.get_pipeline_model_parallel_rank(),
+    )
+
+
+def test_megatron_parallel_state_follows_the_layout():
+    ranks = run_on_ranks(_layout_seen_by_megatron, 4, args=(2, 1))
+    assert {r[:4] for r in ranks} == {("cpu", 2, 1, 2)}
+    assert [r[4] for r in ranks] == [0, 1, 0, 1]  # TP ranks are adjacent, as in Megatron-LM
+
+
+def test_single_process_without_launcher_environment():
+    code = (
+        "from headless_megatron.runtime.distributed import init_distributed;"
+        "from megatron.core import parallel_state as ps;"
+        "init_distributed(); print(ps.get_data_parallel_world_size(), ps.get_tensor_model_parallel_world_size())"
+    )
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"]
