@@ -22,6 +22,8 @@ SUBCOMMANDS = {
         "headless_megatron.commands.check",
         "train a tiny GPT for a few steps on this launch's parallel layout (install/NCCL/gloo smoke test)",
     ),
+    "preprocess": ("headless_megatron.commands.preprocess", "text corpora -> Megatron .bin/.idx datasets"),
+    "bench": ("headless_megatron.commands.bench", "benchmarks that print a table (bench loss | preprocess)"),
 }
 
 
