@@ -1,6 +1,6 @@
 """Tiny Megatron-Core models and one training step, shared by the multi-rank tests.
 
-Everything here runs inside a rank started by ``headless_megatron.testing.run_on_ranks``.
+Everything here runs inside a rank started by ``headless_megatron.runtime.local_ranks.run_on_ranks``.
 """
 
 from __future__ import annotations

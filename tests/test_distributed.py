@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed, map_slurm_environment
-from headless_megatron.testing import run_on_ranks
+from headless_megatron.runtime.local_ranks import run_on_ranks
 
 
 def test_srun_task_environment_becomes_torch_rendezvous_variables():

@@ -10,7 +10,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 import megatron_helpers as mh
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-from headless_megatron.testing import run_on_ranks
+from headless_megatron.runtime.local_ranks import run_on_ranks
 
 LAYOUTS = {
     # name: (world size, TP, PP, sequence parallel)

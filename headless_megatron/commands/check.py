@@ -12,7 +12,6 @@ the loss does not go down.
 from __future__ import annotations
 
 import time
-from functools import partial
 
 VOCAB = 128
 

@@ -1,6 +1,6 @@
-"""Run a function on N local ranks (gloo on CPU) so that multi-rank tests are ordinary tests.
+"""Run a function on N local ranks (gloo on CPU): multi-rank tests become ordinary tests.
 
-    from headless_megatron.testing import run_on_ranks
+    from headless_megatron.runtime.local_ranks import run_on_ranks
 
     def _check(layout):                     # module level, so that it can be pickled
         device = init_distributed(layout)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from headless_megatron.testing import RankFailure, run_on_ranks
+from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
 
 
 def _whoami(offset):
