@@ -16,20 +16,18 @@ TARGETS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    targets = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
-    for name, (module, help_text) in TARGETS.items():
-        target = targets.add_parser(name, help=help_text, description=help_text)
-        target.set_defaults(bench_module=module)
-        importlib.import_module(module).add_arguments(target)
+    # Targets are imported only when chosen: each may pull heavy dependencies.
+    parser.add_argument("target", choices=list(TARGETS), help="; ".join(f"{k}: {v[1]}" for k, v in TARGETS.items()))
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="the target's own options (see bench TARGET --help)")
 
 
 def run(args) -> int:
-    return int(importlib.import_module(args.bench_module).run(args) or 0)
+    return main_for_tool(args.target, args.options, prog=f"headless-megatron bench {args.target}")
 
 
-def main_for_tool(target: str, argv: list[str] | None = None) -> int:
-    """Entry for ``tools/bench_<target>.py``."""
+def main_for_tool(target: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Parse the target's options and run it; also the entry of ``tools/bench_<target>.py``."""
     module = importlib.import_module(TARGETS[target][0])
-    parser = argparse.ArgumentParser(prog=f"bench_{target}.py", description=TARGETS[target][1])
+    parser = argparse.ArgumentParser(prog=prog or f"bench_{target}.py", description=TARGETS[target][1])
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(argv)) or 0)
