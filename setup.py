@@ -27,6 +27,12 @@ setup(
         # Megatron's torch_dist checkpoint writer imports psutil but does not declare it.
         "psutil",
         "tqdm",
+        # Data preparation (headless_megatron/data): reading corpora, tokenizers and their training.
+        "datasets>=5",
+        "tokenizers>=0.22",
+        "transformers>=5",
+        "sentencepiece>=0.2",
+        "protobuf",  # transformers reads sentencepiece .model files through their protobuf schema
     ],
     extras_require={
         # Fused attention, fused LayerNorm-linear and FP8. apex is optional: build it from source

@@ -1,0 +1,262 @@
+"""The preprocess pipeline and command: round trip, GPTDataset, shards + merge, every bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from data_fixtures import tiny_builtin_dataset
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from headless_megatron.cli import main
+from headless_megatron.data.builtin import builtin_documents
+from headless_megatron.data.indexed import AtomicDatasetWriter, DatasetPaths
+from headless_megatron.data.preprocess import build_dataset
+from headless_megatron.data.sidecar import read_sidecar
+from headless_megatron.data.sources import Corpus
+from headless_megatron.data.tokenizer import tokenizer_for_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pydocs(tmp_path_factory):
+    return tiny_builtin_dataset(tmp_path_factory.mktemp("pydocs"))
+
+
+@pytest.fixture(scope="module")
+def topics_tokenizer(tmp_path_factory):
+    """A BPE tokenizer directory trained on builtin:python-topics, for runs given --tokenizer."""
+    prefix = tmp_path_factory.mktemp("tokenizer") / "topics"
+    assert main(["preprocess", "--input", "builtin:python-topics", "--train-tokenizer", "bpe", "--vocab-size", "400",
+                 "--output-prefix", str(prefix), "--tokenizer-only", "--quiet"]) == 0
+    return str(prefix) + "_tokenizer"
+
+
+def _preprocess(*args):
+    return main(["preprocess", *map(str, args), "--quiet"])
+
+
+def _dataset_bytes(prefix):
+    return Path(f"{prefix}.bin").read_bytes(), Path(f"{prefix}.idx").read_bytes()
+
+
+def _outputs(directory):
+    """Everything a run may have written into ``directory``, scratch directories included."""
+    return sorted(path.name for path in Path(directory).iterdir() if not path.name.endswith((".jsonl", ".txt")))
+
+
+def test_every_document_decodes_back_to_its_text_and_counts_match_the_sidecar(pydocs):
+    dataset, info, tokenizer = IndexedDataset(pydocs), read_sidecar(f"{pydocs}.json"), tokenizer_for_dataset(pydocs)
+    documents = list(builtin_documents("python-docs"))
+    assert len(dataset) == info.documents == len(documents)
+    assert dataset.sequence_lengths.sum() == info.tokens
+    assert dataset.document_indices.tolist() == list(range(len(documents) + 1))
+    assert info.dtype == "uint16" == dataset.index.dtype.__name__ and info.tokenizer["vocab_size"] == 512
+    for number, text in enumerate(documents):
+        ids = dataset[number]
+        assert ids[-1] == tokenizer.eod and tokenizer.eod not in ids[:-1]
+        assert tokenizer.detokenize(ids[:-1]) == text
+    assert info.source == {"inputs": ["builtin:python-docs"], "shard": None,
+                           "text_bytes": sum(len(text.encode()) for text in documents),
+                           "skipped": {"empty": 0, "invalid_utf8": 0}}
+    assert info.tokenizer["path"] == "python-docs-bpe512_tokenizer"
+
+
+def test_gpt_dataset_samples_real_text(pydocs, tmp_path):
+    tokenizer = tokenizer_for_dataset(pydocs)
+    config = GPTDatasetConfig(
+        random_seed=1234, sequence_length=64, blend=([pydocs], None), split="98,2,0", tokenizer=tokenizer,
+        reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, path_to_cache=str(tmp_path),
+        mid_level_dataset_surplus=0.005,
+    )
+    train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, [200, 20, None], lambda: True, config).build()
+    assert len(train) >= 200 and len(valid) >= 20  # at least the samples asked for: whole epochs
+    sample = train[7]
+    assert sample["tokens"].shape == (64,) and (sample["labels"][:-1] == sample["tokens"][1:]).all()
+    assert int(sample["tokens"].max()) < tokenizer.vocab_size
+    words = tokenizer.detokenize(sample["tokens"]).split()
+    assert sum(word.lower() in {"the", "a", "of", "to", "is", "and"} for word in words) >= 2
+
+
+def test_the_fixture_is_deterministic_and_reused(tmp_path):
+    first = tiny_builtin_dataset(tmp_path / "a", vocab_size=300, corpus="python-topics")
+    second = tiny_builtin_dataset(tmp_path / "b", vocab_size=300, corpus="python-topics")
+    assert _dataset_bytes(first) == _dataset_bytes(second)
+    stamp = Path(f"{first}.bin").stat().st_mtime_ns
+    assert tiny_builtin_dataset(tmp_path / "a", vocab_size=300, corpus="python-topics") == first
+    assert Path(f"{first}.bin").stat().st_mtime_ns == stamp
+
+
+def test_two_workers_write_the_same_dataset_as_one(topics_tokenizer, tmp_path, capsys):
+    for workers in (1, 2):
+        assert _preprocess("--input", "builtin:python-topics", "--tokenizer", topics_tokenizer,
+                           "--output-prefix", tmp_path / f"w{workers}", "--workers", workers) == 0
+    assert _dataset_bytes(tmp_path / "w1_text_document") == _dataset_bytes(tmp_path / "w2_text_document")
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith(f"preprocess: wrote {tmp_path}/w2_text_document: 78 documents, ")
+    assert out[-1].endswith("tokens/s, " + out[-1].split("tokens/s, ")[1]) and out[-1].endswith("; skipped 0")
+
+
+def test_shards_merged_equal_a_single_run(topics_tokenizer, tmp_path, capsys):
+    tokenizer = ["--tokenizer", topics_tokenizer]
+    assert _preprocess("--input", "builtin:python-topics", *tokenizer, "--output-prefix", tmp_path / "single") == 0
+    for index in range(3):
+        assert _preprocess("--input", "builtin:python-topics", *tokenizer, "--output-prefix", tmp_path / "sharded",
+                           "--shard", f"{index}/3") == 0
+    assert _preprocess("--merge", "--output-prefix", tmp_path / "sharded") == 0
+    assert _dataset_bytes(tmp_path / "single_text_document") == _dataset_bytes(tmp_path / "sharded_text_document")
+    single = read_sidecar(tmp_path / "single_text_document.json")
+    merged = read_sidecar(tmp_path / "sharded_text_document.json")
+    assert (merged.documents, merged.tokens) == (single.documents, single.tokens)
+    assert merged.tokenizer["fingerprint"] == single.tokenizer["fingerprint"]
+    assert merged.source["merged_from"] == [f"sharded-0000{index}-of-00003_text_document" for index in range(3)]
+    assert merged.tokenizer["path"] == "sharded_tokenizer"
+    assert tokenizer_for_dataset(tmp_path / "sharded_text_document").fingerprint == single.tokenizer["fingerprint"]
+    last_line = capsys.readouterr().out.splitlines()[-1]
+    assert last_line.startswith(f"preprocess: merged {tmp_path}/sharded_text_document: 78 documents")
+
+
+def test_streamed_file_shards_merged_equal_a_single_run(topics_tokenizer, tmp_path):
+    documents = list(builtin_documents("python-topics"))
+    for number in range(4):
+        lines = (json.dumps({"text": text}) + "\n" for text in documents[number::4])
+        (tmp_path / f"part{number}.jsonl").write_text("".join(lines))
+    files = sorted(str(path) for path in tmp_path.glob("*.jsonl"))
+    common = ["--tokenizer", topics_tokenizer, "--cache-dir", tmp_path / "cache"]
+    assert _preprocess("--input", *files, *common, "--output-prefix", tmp_path / "single") == 0
+    for index in range(2):
+        assert _preprocess("--input", *files, *common, "--streaming", "--output-prefix", tmp_path / "s",
+                           "--shard", f"{index}/2") == 0
+    assert _preprocess("--merge", "--output-prefix", tmp_path / "s") == 0
+    assert _dataset_bytes(tmp_path / "single_text_document") == _dataset_bytes(tmp_path / "s_text_document")
+
+
+def test_empty_and_whitespace_documents_are_counted_skips(topics_tokenizer, tmp_path, capsys):
+    records = [{"text": "A real document."}, {"text": ""}, {"text": " \n\t "}, {"text": None}, {"text": "Another one."}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert _preprocess("--input", tmp_path / "a.jsonl", "--tokenizer", topics_tokenizer, "--output-prefix", tmp_path / "out",
+                       "--cache-dir", tmp_path / "cache") == 0
+    assert capsys.readouterr().out.rstrip().endswith("; skipped 3 (empty 3)")
+    info = read_sidecar(tmp_path / "out_text_document.json")
+    assert info.documents == 2 and info.source["skipped"] == {"empty": 3, "invalid_utf8": 0}
+    tokenizer = tokenizer_for_dataset(tmp_path / "out_text_document")
+    dataset = IndexedDataset(str(tmp_path / "out_text_document"))
+    assert [tokenizer.detokenize(dataset[i][:-1]) for i in range(2)] == ["A real document.", "Another one."]
+
+
+def test_text_that_is_not_valid_unicode_is_a_counted_skip(topics_tokenizer, tmp_path):
+    from headless_megatron.data.tokenizer import load_tokenizer
+
+    texts = ["fine", "lone \udc80 surrogate", "also fine"]
+    corpus = Corpus("python strings", ["python strings"], "text", 3, lambda: iter(texts))
+    summary = build_dataset(corpus, load_tokenizer(topics_tokenizer), DatasetPaths(tmp_path / "p"), progress=False)
+    assert (summary.documents, summary.skipped) == (2, {"empty": 0, "invalid_utf8": 1})
+    assert summary.line().endswith("; skipped 1 (invalid UTF-8 1)")
+
+
+BAD_INPUTS = {
+    "missing path": ([], ["--input", "{dir}/nope.jsonl"], "--input {dir}/nope.jsonl: no such file or directory"),
+    "unknown text key": ([("a.jsonl", '{"text": "x"}\n')], ["--input", "{dir}/a.jsonl", "--text-key", "body"],
+                         "--text-key body: no such field in {dir}/a.jsonl (fields: text)"),
+    "empty file": ([("a.jsonl", "")], ["--input", "{dir}/a.jsonl"],
+                   "--input {dir}/a.jsonl: no documents to write (the input is empty)"),
+    "only blank documents": ([("a.txt", "\n  \n\t\n")], ["--input", "{dir}/a.txt"],
+                             "--input {dir}/a.txt: no documents to write (all 3 records were skipped: empty 3)"),
+    "invalid UTF-8": ([("a.txt", b"good line\nbad \xc3\x28 line\n")], ["--input", "{dir}/a.txt"],
+                      "--input {dir}/a.txt: invalid UTF-8 at byte 14; convert the file to UTF-8"),
+    "not text": ([("a.jsonl", '{"text": "x"}\n{"text": 12}\n')], ["--input", "{dir}/a.jsonl"],
+                 "--text-key text: record 1 of {dir}/a.jsonl holds int '12', expected text"),
+    "dtype too small": ([("a.jsonl", '{"text": "x"}\n')], ["--input", "{dir}/a.jsonl", "--dtype", "uint8"],
+                        "--dtype uint8: the tokenizer has 400 ids, more than uint8 holds (256); choose a wider dtype or --dtype auto"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_a_one_line_error_and_leaves_no_output(case, topics_tokenizer, tmp_path, capsys):
+    files, args, message = BAD_INPUTS[case]
+    for name, content in files:
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    args = [arg.format(dir=tmp_path) for arg in args]
+    assert _preprocess(*args, "--tokenizer", topics_tokenizer, "--output-prefix", tmp_path / "out",
+                       "--cache-dir", tmp_path / "cache") == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"headless-megatron preprocess: error: {message.format(dir=tmp_path)}"
+    assert _outputs(tmp_path) == (["cache"] if (tmp_path / "cache").exists() else [])
+
+
+def test_a_bad_input_with_a_trained_tokenizer_leaves_no_tokenizer_behind(tmp_path, capsys):
+    (tmp_path / "a.jsonl").write_text('{"text": "some text to learn from"}\n' * 20)
+    assert _preprocess("--input", tmp_path / "a.jsonl", "--train-tokenizer", "bpe", "--vocab-size", "300",
+                       "--dtype", "uint8", "--output-prefix", tmp_path / "out", "--cache-dir", tmp_path / "cache") == 2
+    assert "--dtype uint8: the tokenizer has 275 ids, more than uint8 holds (256)" in capsys.readouterr().err
+    assert _outputs(tmp_path) == ["cache"]
+
+
+def test_an_interrupted_run_keeps_the_previous_dataset_and_leaves_no_partial_files(topics_tokenizer, tmp_path,
+                                                                                   monkeypatch, capsys):
+    assert _preprocess("--input", "builtin:python-topics", "--tokenizer", topics_tokenizer, "--output-prefix", tmp_path / "p") == 0
+    before = _dataset_bytes(tmp_path / "p_text_document")
+    calls = []
+
+    def interrupted(self, tokens, lengths):
+        calls.append(len(lengths))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AtomicDatasetWriter, "add_documents", interrupted)
+    assert _preprocess("--input", "builtin:python-topics", "--tokenizer", topics_tokenizer,
+                       "--output-prefix", tmp_path / "p") == 130
+    assert capsys.readouterr().err.endswith("headless-megatron preprocess: interrupted; partial outputs removed\n")
+    assert calls and _dataset_bytes(tmp_path / "p_text_document") == before
+    assert _outputs(tmp_path) == ["p_text_document.bin", "p_text_document.idx", "p_text_document.json", "p_tokenizer"]
+
+
+def test_merge_needs_every_shard_and_one_tokenizer(topics_tokenizer, tmp_path, capsys):
+    common = ["--input", "builtin:python-topics", "--output-prefix", tmp_path / "s"]
+    assert _preprocess(*common, "--tokenizer", topics_tokenizer, "--shard", "0/3") == 0
+    assert _preprocess(*common, "--tokenizer", topics_tokenizer, "--shard", "2/3") == 0
+    assert _preprocess("--merge", "--output-prefix", tmp_path / "s") == 2
+    assert capsys.readouterr().err.rstrip().endswith(f"--merge {tmp_path}/s: shards 1/3 are missing or did not finish")
+    other = tmp_path / "other"
+    assert _preprocess("--input", "builtin:python-topics", "--train-tokenizer", "bpe", "--vocab-size", "300",
+                       "--output-prefix", other, "--tokenizer-only") == 0
+    assert _preprocess(*common, "--tokenizer", f"{other}_tokenizer", "--shard", "1/3") == 0
+    assert _preprocess("--merge", "--output-prefix", tmp_path / "s") == 2
+    assert capsys.readouterr().err.rstrip().endswith(
+        f"{tmp_path}/s-00001-of-00003_text_document was made with another tokenizer than "
+        f"{tmp_path}/s-00000-of-00003_text_document; preprocess every shard with the same --tokenizer")
+    assert not (tmp_path / "s_text_document.bin").exists()
+    assert _preprocess("--merge", "--output-prefix", tmp_path / "none") == 2
+    assert "no shards" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "builtin:python-topics", "--train-tokenizer", "bpe", "--vocab-size", "300", "--shard", "0/2"],
+     "--shard with --train-tokenizer would train a different tokenizer per shard"),
+    (["--merge", "--input", "builtin:python-topics"], "--merge combines existing shards: drop --input"),
+    (["--tokenizer", "x"], "--input is required (or --merge)"),
+    (["--input", "builtin:python-topics"], "expected exactly one of --tokenizer and --train-tokenizer"),
+    (["--input", "builtin:python-topics", "--train-tokenizer", "bpe"], "--train-tokenizer bpe: --vocab-size is required"),
+    (["--input", "builtin:python-topics", "--tokenizer", "t.json", "--vocab-size", "9"], "--vocab-size goes with --train-tokenizer"),
+])
+def test_usage_errors(args, message, tmp_path, capsys):
+    assert _preprocess(*args, "--output-prefix", tmp_path / "p") == 2
+    assert message in capsys.readouterr().err
+    assert _outputs(tmp_path) == []
+
+
+def test_argument_errors_are_argparse_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        _preprocess("--input", "builtin:python-topics", "--workers", "0", "--output-prefix", tmp_path / "p")
+    assert done.value.code == 2
+    assert "argument --workers: expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_the_megatron_lm_style_tool_reports_errors_on_stderr_with_status_2(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "tools/preprocess_data.py"), "--input", str(tmp_path / "x.jsonl"),
+                           "--tokenizer", "gpt2", "--output-prefix", str(tmp_path / "p")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"headless-megatron preprocess: error: --input {tmp_path}/x.jsonl: no such file or directory\n"
