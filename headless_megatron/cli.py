@@ -22,6 +22,7 @@ SUBCOMMANDS = {
         "headless_megatron.commands.check",
         "train a tiny GPT for a few steps on this launch's parallel layout (install/NCCL/gloo smoke test)",
     ),
+    "pretrain": ("headless_megatron.commands.pretrain", "pretrain a headless (CWT) or vanilla GPT from a YAML config"),
     "preprocess": ("headless_megatron.commands.preprocess", "text corpora -> Megatron .bin/.idx datasets"),
     "bench": ("headless_megatron.commands.bench", "benchmarks that print a table (bench loss | preprocess)"),
 }
@@ -64,4 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         prog=f"headless-megatron {argv[0]}", description=SUBCOMMANDS[argv[0]][1]
     )
     command.add_arguments(sub_parser)
-    return int(command.run(sub_parser.parse_args(argv[1:])) or 0)
+    args, unknown = sub_parser.parse_known_args(argv[1:])
+    if unknown:
+        # A command may explain unknown flags better than argparse (e.g. suggest the right key).
+        explain = getattr(command, "reject_unknown_arguments", None)
+        if explain is None:
+            sub_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return explain(unknown)
+    return int(command.run(args) or 0)

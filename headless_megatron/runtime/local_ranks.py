@@ -37,8 +37,15 @@ class RankFailure(RuntimeError):
 def _get_context():
     global _context
     if _context is None:
-        _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(_PRELOAD)
+        import torch
+
+        if torch.cuda.is_available():
+            # Importing Megatron in the fork server can initialise CUDA there, and a forked child
+            # cannot use CUDA then: GPU ranks start from scratch.
+            _context = multiprocessing.get_context("spawn")
+        else:
+            _context = multiprocessing.get_context("forkserver")
+            _context.set_forkserver_preload(_PRELOAD)
     return _context
 
 
@@ -123,8 +130,9 @@ def run_on_ranks(
                 # Give the peers a moment to report their own errors before they are killed.
                 deadline = min(deadline, time.monotonic() + 5.0)
     finally:
+        finished = len(values) + len(failures) == world_size and not failures
         for process in processes:
-            process.join(timeout=0.5 if failures else 10.0)
+            process.join(timeout=10.0 if finished else 0.5)
             if process.is_alive():
                 process.kill()
                 process.join()

@@ -1,0 +1,122 @@
+"""``headless-megatron bench train``: whole training iterations of several configs, side by side.
+
+    headless-megatron bench train --config configs/gpt_headless_160m.yaml \\
+        --config configs/gpt_vanilla_160m.yaml --iters 50 -- --mock-data --vocab-size 50304
+
+Each config runs ``--warmup`` + ``--iters`` iterations of the real training loop (model, DDP,
+distributed optimizer, schedule) on ``--nproc-per-node`` fresh local ranks, one config after the
+other, so that peak memory is each config's own. Options after ``--`` override every config (for
+example ``--mock-data`` when no dataset is at hand, or ``--micro-batch-size``). The table reports the
+median iteration time over the timed iterations as tokens/s, TFLOP/s per device (the FLOP count of
+:mod:`headless_megatron.training.metrics`: no vocabulary projection for CWT, plus its matmuls), MFU
+where the device's peak is known, peak memory, and each figure's ratio to the first config.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", action="append", required=True, help="a YAML recipe (repeat for each)")
+    parser.add_argument("--iters", type=int, default=50, help="timed iterations per config")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    parser.add_argument("--nproc-per-node", dest="ranks", type=int, default=1, help="local ranks per config")
+    parser.add_argument("overrides", nargs="*", help="after --: flags applied to every config")
+
+
+def _peak_memory_bytes() -> int:
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _measure(argv: list[str], iters: int, warmup: int) -> dict | None:
+    import torch
+    import torch.distributed as dist
+
+    from headless_megatron.config import parse_config
+    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+    from headless_megatron.training.loop import Trainer, launch_world_size
+    from headless_megatron.training.metrics import peak_flops_per_device
+
+    config = parse_config(argv)
+    config.validate(launch_world_size())
+    device = init_distributed(
+        ParallelLayout(config.tensor_model_parallel_size, config.pipeline_model_parallel_size), seed=config.seed
+    )
+    trainer = Trainer(config, device)
+    data = trainer.train_data_iterator()
+    seconds, flops, losses = [], [], []
+    for step in range(warmup + iters):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        loss, _, step_flops = trainer.train_step(data)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if step >= warmup:
+            seconds.append(time.perf_counter() - started)
+            flops.append(step_flops)
+            losses.append(loss)
+    peak = torch.tensor([_peak_memory_bytes()], dtype=torch.float64, device=device)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    if dist.get_rank() != 0:
+        return None
+    median = statistics.median(seconds)
+    world = dist.get_world_size()
+    tflops = statistics.median(flops) / median / world / 1e12
+    device_peak = peak_flops_per_device(config.bf16 or config.fp16)
+    return {
+        "tokens_per_sec": config.tokens_per_iteration / median,
+        "tflops": tflops,
+        "mfu": tflops * 1e12 / device_peak if device_peak else None,
+        "peak_bytes": int(peak.item()),
+        "loss": losses[-1],
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "layout": f"TP{config.tensor_model_parallel_size} PP{config.pipeline_model_parallel_size} "
+                  f"DP{config.data_parallel_size(world)} mbs{config.micro_batch_size} gbs{config.global_batch_size}",
+    }
+
+
+def run(args) -> int:
+    from headless_megatron.runtime.local_ranks import run_on_ranks
+
+    fixed = ["--train-iters", str(args.warmup + args.iters), "--lr-warmup-iters", "0", "--eval-iters", "0", "--num-workers", "0",
+             "--log-interval", str(10**9), "--save", "none", "--load", "none"]
+    results = []
+    for config in args.config:
+        argv = ["--config", config, *args.overrides, *fixed]
+        result = run_on_ranks(_measure, args.ranks, args=(argv, args.iters, args.warmup), timeout=3600)[0]
+        results.append((Path(config).stem, result))
+        print(f"measured {config}: {result['tokens_per_sec']:,.0f} tokens/s", flush=True)
+    base = results[0][1]
+    header = ("config", "layout", "tokens/s", "x", "TFLOP/s/dev", "MFU", "peak MB", "x", "last loss")
+    rows = [
+        (
+            name,
+            r["layout"],
+            f"{r['tokens_per_sec']:,.0f}",
+            f"{r['tokens_per_sec'] / base['tokens_per_sec']:.2f}",
+            f"{r['tflops']:.2f}",
+            f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
+            f"{r['peak_bytes'] / 2**20:,.0f}",
+            f"{r['peak_bytes'] / base['peak_bytes']:.2f}",
+            f"{r['loss']:.3f}",
+        )
+        for name, r in results
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    print(f"\n{args.iters} timed iterations after {args.warmup} warm-up, median; device {base['device']}, "
+          f"{args.ranks} rank(s); ratios against {results[0][0]}")
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    return 0

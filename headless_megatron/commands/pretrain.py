@@ -1,0 +1,50 @@
+"""``headless-megatron pretrain --config configs/<name>.yaml [--flag value ...]``.
+
+Also ``torchrun -m headless_megatron pretrain ...`` and ``srun`` (one task per GPU). Keys of the
+YAML file are Megatron-LM argument names; every key is also a ``--dashed-flag`` overriding the file.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    from headless_megatron.config import add_config_arguments
+
+    add_config_arguments(parser)
+
+
+def reject_unknown_arguments(unknown: list[str]) -> int:
+    from headless_megatron.config import ConfigError, reject_unknown_flags
+
+    try:
+        reject_unknown_flags(unknown)
+    except ConfigError as error:
+        print(f"headless-megatron pretrain: error: {error}", file=sys.stderr)
+    return 2
+
+
+def run(args) -> int:
+    from headless_megatron.config import ConfigError, config_from_args
+    from headless_megatron.data.errors import DataError
+    from headless_megatron.runtime.distributed import destroy_distributed, is_rank_zero
+    from headless_megatron.training.checkpoint import CheckpointError
+    from headless_megatron.training.loop import pretrain
+
+    try:
+        config = config_from_args(args)
+        summary = pretrain(config)
+    except (ConfigError, CheckpointError, DataError) as error:
+        print(f"headless-megatron pretrain: error: {error}", file=sys.stderr)
+        return 2
+    reporting = is_rank_zero()
+    destroy_distributed()
+    if reporting:
+        print(f"trained {summary.iterations} iterations | final loss {summary.final_loss:.4f}"
+              + (f" | val loss {summary.val_loss:.4f}" if summary.val_loss is not None else ""))
+        if summary.checkpoint:
+            print(f"checkpoint: {summary.checkpoint}")
+        if summary.metrics:
+            print(f"metrics: {summary.metrics}")
+    return 0

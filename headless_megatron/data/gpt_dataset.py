@@ -1,0 +1,107 @@
+"""Pretraining data for the decoder: Megatron's ``GPTDataset`` over indexed datasets, and the
+order in which data-parallel ranks read it.
+
+Datasets come from ``BlendedMegatronDatasetBuilder`` (blends with weights, a train/valid/test split,
+cached sample indices), exactly as Megatron-LM builds them. Every rank builds them (rank 0 first,
+writing the index cache, the others then read the cache) and reads its own micro-batches, so no
+CUDA broadcast is needed inside a tensor-parallel group.
+
+:class:`MicroBatchSampler` reproduces Megatron-LM's pretraining sampler: a global batch is
+``micro_batch_size x data_parallel_size x num_microbatches`` consecutive samples, and each group of
+``micro_batch_size x dp`` consecutive samples is split over the DP ranks. The composition of every
+micro-batch is therefore the same whatever the DP size, which the CWT loss needs to be comparable
+across layouts (its negatives are the micro-batch), and resuming only needs the number of samples
+consumed.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from headless_megatron.data.tokenizer import Tokenizer
+
+
+class MicroBatchSampler:
+    """Yields this DP rank's micro-batches of sample indices, from ``consumed_samples`` on."""
+
+    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int):
+        self.total_samples = total_samples
+        self.consumed_samples = consumed_samples
+        self.micro_batch_size = micro_batch_size
+        self.dp_rank = dp_rank
+        self.dp_size = dp_size
+
+    def __len__(self) -> int:
+        return (self.total_samples - self.consumed_samples) // (self.micro_batch_size * self.dp_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.micro_batch_size * self.dp_size
+        first = self.dp_rank * self.micro_batch_size
+        for start in range(self.consumed_samples, self.total_samples - step + 1, step):
+            yield list(range(start + first, start + first + self.micro_batch_size))
+
+
+def micro_batches(dataset, consumed_samples: int, micro_batch_size: int, num_workers: int,
+                  total_samples: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """This DP rank's micro-batches (dicts of stacked tensors) through a ``DataLoader``."""
+    from megatron.core import parallel_state as ps
+
+    sampler = MicroBatchSampler(
+        total_samples=len(dataset) if total_samples is None else total_samples,
+        consumed_samples=consumed_samples,
+        micro_batch_size=micro_batch_size,
+        dp_rank=ps.get_data_parallel_rank(),
+        dp_size=ps.get_data_parallel_world_size(),
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
+    return iter(loader)
+
+
+def build_gpt_datasets(config, tokenizer: Tokenizer | None, samples: tuple[int, int, int]):
+    """(train, valid, test) ``GPTDataset``s (or Megatron's mock data) for ``samples`` each.
+
+    ``config`` is a :class:`~headless_megatron.config.TrainConfig`.
+    """
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+
+    blend = config.data_blend()
+    dataset_config = GPTDatasetConfig(
+        random_seed=config.seed,
+        sequence_length=config.seq_length,
+        blend=blend,
+        split=config.split,
+        path_to_cache=config.data_cache_path,
+        tokenizer=tokenizer if tokenizer is not None else _MockTokenizer(config.vocab_size),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=config.eod_mask_loss,
+        # Causal attention needs no explicit mask: Megatron builds it (TE fuses it).
+        create_attention_mask=False,
+        mid_level_dataset_surplus=0.005,
+    )
+    dataset_class = MockGPTDataset if config.mock_data else GPTDataset
+    return BlendedMegatronDatasetBuilder(dataset_class, list(samples), lambda: True, dataset_config).build()
+
+
+class _MockTokenizer:
+    """What ``MockGPTDataset`` needs of a tokenizer when there is no data (benchmarks)."""
+
+    def __init__(self, vocab_size: int):
+        from collections import OrderedDict
+
+        self.vocab_size = vocab_size
+        self.eod = vocab_size - 1
+        # GPTDataset zeroes the loss where labels equal pad, in place on a mask it caches for all
+        # samples (megatron-core 0.16.1), so a pad id that occurs in the data would make every
+        # sample's mask depend on which sample was read first. -1 never occurs.
+        self.pad = -1
+        self.unique_identifiers = OrderedDict([("class", "MockTokenizer"), ("vocab_size", vocab_size)])

@@ -1,0 +1,220 @@
+"""``torch_dist`` checkpoints with atomic publication, auto-resume and resharding.
+
+Layout, as in Megatron-LM: ``<save>/iter_0000100/`` (a ``dist_checkpointing`` directory: model,
+optimizer, scheduler, per-(PP, TP)-rank RNG states, and in ``common.pt`` the iteration, consumed
+samples and the full config) and ``<save>/latest_checkpointed_iteration.txt``.
+
+A checkpoint is written to ``iter_XXXXXXX.tmp/``; after every rank has finished writing, rank 0
+renames it into place and only then rewrites the tracker file (itself through a temporary file and
+an atomic rename). A run killed while saving therefore leaves the previous checkpoint as the one
+that is loaded, and a half-written directory never looks complete.
+
+The optimizer state is saved ``fully_reshardable`` (each parameter's state in its canonical,
+layout-free shape), so a run may resume with another TP/PP/DP layout than the one that saved it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core import parallel_state as ps
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+CHECKPOINT_VERSION = 3.0
+# Read back by the loader of the optimizer state; stored in the checkpoint's metadata.json.
+SHARDING_METADATA = {
+    "distrib_optim_sharding_type": "fully_reshardable",
+    "chained_optim_avoid_prefix": True,
+    "singleton_local_shards": False,
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that should exist is missing, unreadable or incompatible (one-line message)."""
+
+
+def iteration_dir(root: str | Path, iteration: int) -> Path:
+    return Path(root) / f"iter_{iteration:07d}"
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The published checkpoint the tracker names, or None when ``root`` holds no checkpoint yet."""
+    tracker = Path(root) / TRACKER_FILE
+    if not tracker.exists():
+        return None
+    text = tracker.read_text().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
+    path = iteration_dir(root, int(text))
+    if not (path / "metadata.json").is_file():
+        raise CheckpointError(f"{tracker} names iteration {text}, but {path} is missing or incomplete")
+    return path
+
+
+def _unwrap(chunk):
+    """The Megatron module under DDP (``Float16Module`` forwards ``sharded_state_dict`` itself)."""
+    return getattr(chunk, "module", chunk)
+
+
+def _rng_state() -> ShardedObject:
+    state = {
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    pp, tp = ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
+    return ShardedObject(
+        "rng_state",
+        [state],
+        (pp, tp),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
+        replica_id=ps.get_data_parallel_rank(),
+    )
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _let_torch_adam_load_reshardable_state() -> None:
+    """Work around megatron-core 0.16.1 failing to load a reshardable distributed-optimizer state
+    into torch's Adam (the optimizer used without TE or apex).
+
+    ``DistributedOptimizer.load_state_dict`` first sets torch Adam's per-parameter ``step`` from
+    the checkpoint, then copies each parameter's loaded tensors into *every* key of its optimizer
+    state; the loaded tensors deliberately leave ``step`` out, so the copy raises ``KeyError:
+    'step'``. The wrapper hands the already-restored ``step`` back as its own source.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+    if getattr(original, "restores_torch_adam_step", False):
+        return
+
+    def set_states_keeping_step(self, model_param, tensors):
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        state = self.optimizer.state.get(main_param, {})
+        if "step" in state and "step" not in tensors:
+            tensors = {**tensors, "step": state["step"]}
+        original(self, model_param, tensors)
+
+    set_states_keeping_step.restores_torch_adam_step = True
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_states_keeping_step
+
+
+def _unshare_torch_adam_steps(optimizer) -> None:
+    """After loading, give each parameter its own ``step`` tensor again.
+
+    megatron-core 0.16.1 restores torch Adam's ``step`` by putting one tensor object into every
+    parameter's state; torch's Adam increments each parameter's ``step`` in place, so a shared
+    tensor would advance once per parameter per iteration and skew Adam's bias correction.
+    """
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for state in inner.optimizer.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
+
+
+def _materialize_optimizer_state(optimizer) -> None:
+    """Create the (zero) optimizer state a checkpoint is loaded into.
+
+    Megatron's optimizers describe their state for ``dist_checkpointing`` from the state that
+    exists. With TE's or apex's Adam it exists from construction; torch's Adam (the fallback without
+    them: CPU, or a GPU without TE/apex) creates it lazily at the first step, so a fresh optimizer
+    would describe nothing to load into. Megatron's own ``init_state_fn`` creates the moments;
+    torch's Adam also keeps a ``step`` per parameter.
+    """
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if inner.init_state_fn is not None:
+            inner.init_state_fn(inner.optimizer, inner.config)
+        for group in inner.optimizer.param_groups:
+            for param in group["params"]:
+                inner.optimizer.state[param].setdefault("step", torch.tensor(0.0))
+
+
+def _sharded_state_dict(model_chunks, optimizer, scheduler, common: dict, is_loading: bool, with_rng: bool):
+    state = dict(common)
+    model_state: dict = {}
+    for index, chunk in enumerate(model_chunks):
+        key = "model" if len(model_chunks) == 1 else f"model{index}"
+        state[key] = _unwrap(chunk).sharded_state_dict(metadata=SHARDING_METADATA)
+        model_state.update(state[key])
+    if optimizer is not None:
+        if is_loading:
+            _materialize_optimizer_state(optimizer)
+        state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=SHARDING_METADATA)
+        state["opt_param_scheduler"] = scheduler.state_dict()
+    if with_rng:
+        state["rng_state"] = _rng_state()
+    return state
+
+
+def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, scheduler, common: dict) -> Path:
+    """Write ``iter_<iteration>`` under ``root`` from every rank, then publish it atomically."""
+    final = iteration_dir(root, iteration)
+    staging = final.with_name(final.name + ".tmp")
+    if dist.get_rank() == 0:
+        shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed while saving
+        staging.mkdir(parents=True)
+    dist.barrier()
+    common = {**common, "iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}
+    state = _sharded_state_dict(model_chunks, optimizer, scheduler, common, is_loading=False, with_rng=True)
+    dist_checkpointing.save(state, str(staging), content_metadata=SHARDING_METADATA)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        if final.exists():  # saving the same iteration again (e.g. after a resume)
+            shutil.rmtree(final)
+        os.rename(staging, final)
+        tracker = Path(root) / TRACKER_FILE
+        pending = tracker.with_name(tracker.name + ".tmp")
+        pending.write_text(f"{iteration}\n")
+        os.replace(pending, tracker)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, load_rng: bool = True) -> dict:
+    """Load model weights (and optimizer, scheduler, RNG when given/asked) in this run's layout.
+
+    Returns the checkpoint's common state (``iteration``, ``consumed_train_samples``, ``config``...).
+    """
+    try:
+        common = dist_checkpointing.load_common_state_dict(str(path))
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same clear error
+        raise CheckpointError(f"{path}: not a readable torch_dist checkpoint ({type(error).__name__}: {error})")
+    saved = common.get("config", {})
+    same_layout = (
+        saved.get("tensor_model_parallel_size") == ps.get_tensor_model_parallel_world_size()
+        and saved.get("pipeline_model_parallel_size") == ps.get_pipeline_model_parallel_world_size()
+    )
+    with_rng = load_rng and same_layout  # RNG streams belong to (PP, TP) ranks; they do not reshard
+    state = _sharded_state_dict(model_chunks, optimizer, scheduler, {}, is_loading=True, with_rng=with_rng)
+    loaded = dist_checkpointing.load(state, str(path))
+    for index, chunk in enumerate(model_chunks):
+        key = "model" if len(model_chunks) == 1 else f"model{index}"
+        _unwrap(chunk).load_state_dict(loaded[key])
+    if optimizer is not None:
+        _let_torch_adam_load_reshardable_state()
+        optimizer.load_state_dict(loaded["optimizer"])
+        _unshare_torch_adam_steps(optimizer)
+        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    if with_rng:
+        _restore_rng(loaded["rng_state"][0])
+    return common

@@ -1,0 +1,315 @@
+"""One training loop for pretraining (and, later, fine-tuning), made of Megatron-Core's own pieces.
+
+Per iteration: ``zero_grad_buffer`` -> ``get_forward_backward_func()`` runs this rank's micro-batches
+through its pipeline stage (1F1B p2p when PP > 1); the last stage's model returns a per-token loss
+(CWT or cross-entropy) and :func:`_loss_func` returns ``(sum, tokens, report)`` -> backward ->
+``finalize_model_grads`` (DP reduce-scatter, SP-norm and tied-embedding all-reduces, 1/tokens
+scaling over the global batch) -> ``optimizer.step()`` (clip, Adam, all-gather of updated shards) ->
+``OptimizerParamScheduler.step`` -> metrics, validation, checkpoint.
+
+The loop knows models through :func:`build_model_stage` only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
+
+from headless_megatron.config import ConfigError, TrainConfig
+from headless_megatron.cwt import CWTOptions
+from headless_megatron.data.gpt_dataset import build_gpt_datasets, micro_batches
+from headless_megatron.models.gpt import build_gpt_stage
+from headless_megatron.models.specs import kernel_backend
+from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+from headless_megatron.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from headless_megatron.training.metrics import MetricsLogger, head_flops, transformer_flops_per_token
+
+
+@dataclass
+class RunSummary:
+    """What a finished run tells its caller (rank 0 prints it)."""
+
+    iterations: int
+    final_loss: float
+    val_loss: float | None
+    checkpoint: str | None
+    metrics: str | None
+    losses: list[float]
+
+
+def launch_world_size() -> int:
+    """The world size this process was launched into, known before the process group exists."""
+    from headless_megatron.runtime.distributed import map_slurm_environment
+
+    map_slurm_environment()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def pretrain(config: TrainConfig) -> RunSummary:
+    """Validate ``config`` for this launch, start the parallel runtime and train."""
+    config.validate(launch_world_size())
+    device = init_distributed(
+        ParallelLayout(
+            config.tensor_model_parallel_size,
+            config.pipeline_model_parallel_size,
+            config.virtual_pipeline_model_parallel_size,
+        ),
+        seed=config.seed,
+    )
+    return Trainer(config, device).train()
+
+
+def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int, backend: str):
+    """This pipeline stage of the model ``config`` describes, with layout-independent initial weights."""
+    if config.model != "gpt":
+        raise ConfigError(f"model: {config.model!r} pretraining is not available yet; use model: gpt")
+    return build_gpt_stage(
+        transformer_config,
+        vocab_size=padded_vocab,
+        max_sequence_length=config.max_positions,
+        seed=config.seed,
+        backend=backend,
+        position_embedding_type=config.position_embedding_type,
+        share_embeddings_and_output_weights=config.share_embeddings_and_output_weights,
+        cwt=CWTOptions(config.cwt_temperature, config.cwt_duplicates, config.cwt_negatives)
+        if config.loss == "cwt" else None,
+    )
+
+
+def _loss_func(loss_mask, candidate_products, output):
+    losses = output.float() * loss_mask
+    total, tokens = losses.sum(), loss_mask.sum()
+    report = torch.stack([total.detach(), tokens, candidate_products])
+    return total, tokens.to(torch.int), {"lm loss": report}
+
+
+def _gpt_forward_step(data_iterator, model, *, device, count_candidates: bool):
+    batch = next(data_iterator)
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
+    positions = batch["position_ids"].to(device, non_blocking=True)
+    output = model(tokens, positions, None, labels=labels, loss_mask=loss_mask)
+    products = torch.zeros((), device=device)
+    if count_candidates:  # K x U of this micro-batch, for the FLOP count of the CWT matmul
+        loss_positions = loss_mask > 0
+        products = loss_positions.sum() * labels[loss_positions].unique().numel()
+    return output, partial(_loss_func, loss_mask, products.float())
+
+
+class Trainer:
+    """Builds model, optimizer, scheduler and data for ``config`` on this rank, and runs the loop."""
+
+    def __init__(self, config: TrainConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        self.world_size = dist.get_world_size()
+        self.num_microbatches = config.num_microbatches(self.world_size)
+        self.tokenizer = self._tokenizer()
+        vocab = config.vocab_size or self.tokenizer.vocab_size
+        self.padded_vocab = config.padded_vocab_size(vocab)
+        backend = kernel_backend(config.transformer_impl)
+        self.transformer_config = config.transformer_config(backend)
+        self.transformer_config.finalize_model_grads_func = finalize_model_grads
+        stage = build_model_stage(config, self.transformer_config, self.padded_vocab, backend).to(device)
+        if config.bf16 or config.fp16:
+            stage = Float16Module(self.transformer_config, stage)
+        self.model = DistributedDataParallel(
+            config=self.transformer_config,
+            ddp_config=DistributedDataParallelConfig(
+                grad_reduce_in_fp32=True,
+                overlap_grad_reduce=config.overlap_grad_reduce,
+                overlap_param_gather=config.overlap_param_gather,
+                use_distributed_optimizer=config.use_distributed_optimizer,
+            ),
+            module=stage,
+        )
+        if config.overlap_grad_reduce:
+            self.transformer_config.no_sync_func = self.model.no_sync
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer=config.optimizer,
+                lr=config.lr,
+                min_lr=config.min_lr,
+                weight_decay=config.weight_decay,
+                adam_beta1=config.adam_beta1,
+                adam_beta2=config.adam_beta2,
+                adam_eps=config.adam_eps,
+                sgd_momentum=config.sgd_momentum,
+                clip_grad=config.clip_grad,
+                bf16=config.bf16,
+                fp16=config.fp16,
+                params_dtype=self.transformer_config.params_dtype,
+                initial_loss_scale=config.initial_loss_scale,
+                use_distributed_optimizer=config.use_distributed_optimizer,
+            ),
+            [self.model],
+        )
+        if config.fp16:
+            self.transformer_config.grad_scale_func = self.optimizer.scale_loss
+        self.scheduler = OptimizerParamScheduler(
+            self.optimizer,
+            init_lr=0.0,
+            max_lr=config.lr,
+            min_lr=config.min_lr,
+            lr_warmup_steps=config.lr_warmup_iters,
+            lr_decay_steps=config.decay_iters,
+            lr_decay_style=config.lr_decay_style,
+            start_wd=config.weight_decay,
+            end_wd=config.weight_decay,
+            wd_incr_steps=config.train_iters,
+            wd_incr_style="constant",
+        )
+        self.iteration = self._resume()
+        self.logger = MetricsLogger(
+            config, config.metrics_dir, self.iteration, dist.get_rank() == 0, self.world_size
+        )
+        batch = config.global_batch_size
+        valid_samples = config.eval_iters * batch if config.eval_interval and config.eval_iters else 0
+        self.train_data, self.valid_data, _ = build_gpt_datasets(
+            config, self.tokenizer, (config.train_iters * batch, valid_samples, 0)
+        )
+        self.forward_step = partial(_gpt_forward_step, device=device, count_candidates=config.loss == "cwt")
+        self.body_flops = transformer_flops_per_token(config) * config.tokens_per_iteration
+
+    def _tokenizer(self):
+        from headless_megatron.data.tokenizer import load_tokenizer, tokenizer_for_dataset
+
+        if self.config.tokenizer:
+            return load_tokenizer(self.config.tokenizer)
+        if self.config.mock_data:
+            return None
+        return tokenizer_for_dataset(self.config.data_blend()[0][0])
+
+    def _resume(self) -> int:
+        """Load ``config.load`` (auto-resume) and return the iteration to continue from."""
+        config = self.config
+        if not config.load:
+            return 0
+        path = latest_checkpoint(config.load)
+        if path is None:
+            if config.save and Path(config.save).resolve() == Path(config.load).resolve():
+                return 0  # the first run of an auto-resuming job: nothing saved yet
+            raise CheckpointError(
+                f"load: no checkpoint in {config.load} (no latest_checkpointed_iteration.txt); "
+                "point load at a save directory, or drop load to start from scratch"
+            )
+        load_optimizer = not (config.no_load_optim or config.finetune)
+        common = load_checkpoint(
+            path,
+            [self.model],
+            self.optimizer if load_optimizer else None,
+            self.scheduler if load_optimizer else None,
+            load_rng=not (config.no_load_rng or config.finetune),
+        )
+        if dist.get_rank() == 0:
+            print(f"loaded {path} (iteration {common['iteration']})", flush=True)
+        return 0 if config.finetune else int(common["iteration"])
+
+    def _run_schedule(self, data, num_microbatches: int, forward_only: bool) -> torch.Tensor:
+        """Forward (and backward) over ``num_microbatches``; global [loss sum, tokens, K x U] on all ranks."""
+        reports = get_forward_backward_func()(
+            forward_step_func=self.forward_step,
+            data_iterator=data,
+            model=[self.model],
+            num_microbatches=num_microbatches,
+            seq_length=self.config.seq_length,
+            micro_batch_size=self.config.micro_batch_size,
+            forward_only=forward_only,
+        )
+        totals = torch.zeros(3, device=self.device)
+        # Each DP replica's last stage reports once (from TP rank 0); the world sum is the global batch.
+        if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
+            totals = torch.stack([r["lm loss"] for r in reports]).sum(0)
+        dist.all_reduce(totals)
+        return totals
+
+    def evaluate(self) -> float:
+        config = self.config
+        data = micro_batches(self.valid_data, 0, config.micro_batch_size, num_workers=0,
+                             total_samples=config.eval_iters * config.global_batch_size)
+        self.model.eval()
+        totals = torch.zeros(3, device=self.device)
+        with torch.no_grad():
+            for _ in range(config.eval_iters):
+                totals += self._run_schedule(data, self.num_microbatches, forward_only=True)
+        self.model.train()
+        return (totals[0] / totals[1]).item()
+
+    def _save(self, iteration: int) -> str:
+        path = save_checkpoint(
+            self.config.save, iteration, [self.model], self.optimizer, self.scheduler,
+            {"config": self.config.to_dict(), "consumed_train_samples": iteration * self.config.global_batch_size},
+        )
+        self.logger.message(f"saved checkpoint {path}")
+        return str(path)
+
+    def _time_is_up(self, started: float) -> bool:
+        if self.config.exit_duration_in_mins is None:
+            return False
+        elapsed = time.monotonic() - started
+        flag = torch.tensor([elapsed > 60 * self.config.exit_duration_in_mins], dtype=torch.int, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same iteration
+        return bool(flag.item())
+
+    def train_step(self, data) -> tuple[float, float | None, float]:
+        """One optimizer step over a global batch; returns (mean loss, grad norm, FLOPs)."""
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        totals = self._run_schedule(data, self.num_microbatches, forward_only=False)
+        update_ok, grad_norm, _ = self.optimizer.step()
+        if update_ok:
+            self.scheduler.step(increment=1)
+        self.iteration += 1
+        flops = self.body_flops + head_flops(
+            self.config, self.padded_vocab, self.config.tokens_per_iteration, int(totals[2].item())
+        )
+        return (totals[0] / totals[1]).item(), grad_norm, flops
+
+    def train_data_iterator(self):
+        batch = self.config.global_batch_size
+        return micro_batches(self.train_data, self.iteration * batch, self.config.micro_batch_size,
+                             self.config.num_workers, total_samples=self.config.train_iters * batch)
+
+    def train(self) -> RunSummary:
+        config = self.config
+        started = time.monotonic()
+        data = self.train_data_iterator()
+        losses, val_loss, checkpoint, saved_at = [], None, None, self.iteration
+        self.model.train()
+        while self.iteration < config.train_iters:
+            iteration_started = time.perf_counter()
+            loss, grad_norm, flops = self.train_step(data)
+            losses.append(loss)
+            self.logger.train(
+                self.iteration, loss, self.optimizer.param_groups[0]["lr"], grad_norm,
+                time.perf_counter() - iteration_started, flops,
+            )
+            if config.eval_interval and config.eval_iters and self.iteration % config.eval_interval == 0:
+                val_loss = self.evaluate()
+                self.logger.validation(self.iteration, val_loss)
+            if config.save and config.save_interval and self.iteration % config.save_interval == 0:
+                checkpoint, saved_at = self._save(self.iteration), self.iteration
+            if config.exit_interval and self.iteration % config.exit_interval == 0:
+                self.logger.message(f"exit_interval={config.exit_interval} reached")
+                break
+            if self._time_is_up(started):
+                self.logger.message(f"exit_duration_in_mins={config.exit_duration_in_mins} reached")
+                break
+        if config.save and saved_at != self.iteration:
+            checkpoint = self._save(self.iteration)
+        self.logger.close()
+        metrics = str(Path(config.metrics_dir) / "metrics.jsonl") if config.metrics_dir else None
+        return RunSummary(self.iteration, losses[-1] if losses else float("nan"), val_loss, checkpoint, metrics, losses)

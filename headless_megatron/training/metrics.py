@@ -1,0 +1,160 @@
+"""What a run reports: a console line per ``log_interval``, a progress bar on a terminal,
+``metrics.jsonl`` and, when configured, Weights & Biases. Also the FLOP count behind TFLOP/s and MFU.
+
+Only rank 0 reports; every rank may call the logger.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) by device-name fragment, for MFU.
+PEAK_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def peak_flops_per_device(mixed_precision: bool) -> float | None:
+    """The device's dense half-precision peak, or None when unknown (CPU, fp32, unlisted GPU)."""
+    if not (mixed_precision and torch.cuda.is_available()):
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for fragment, peak in PEAK_FLOPS.items() if fragment in name), None)
+
+
+def transformer_flops_per_token(config) -> float:
+    """Training FLOPs per token of the transformer body (forward + backward = 3 x forward matmuls).
+
+    ``config`` is a :class:`~headless_megatron.config.TrainConfig`. Attention scores are counted over
+    the full sequence, as Megatron-LM does. The output head is accounted separately: see
+    :func:`head_flops`.
+    """
+    h, s = config.hidden_size, config.seq_length
+    q = config.num_attention_heads * config.head_dim
+    kv = config.query_groups * config.head_dim
+    attention = 2 * h * (q + 2 * kv) + 2 * q * h + 2 * 2 * s * q
+    mlp = 2 * h * config.ffn_size * (3 if config.swiglu else 2)
+    return 3.0 * config.num_layers * (attention + mlp)
+
+
+def head_flops(config, padded_vocab: int, positions: int, candidate_products: int) -> float:
+    """Training FLOPs of the output head for one iteration.
+
+    Cross-entropy projects every position onto the (padded) vocabulary: ``2 h V`` per position.
+    CWT computes no projection; its matmul scores each micro-batch's K loss positions against its U
+    distinct candidates, ``2 h K U``; ``candidate_products`` is the sum of K x U over micro-batches.
+    """
+    h = config.hidden_size
+    if config.loss == "cwt":
+        return 3.0 * 2 * h * candidate_products
+    return 3.0 * 2 * h * padded_vocab * positions
+
+
+class MetricsLogger:
+    """Rank-0 reporting of training and validation metrics."""
+
+    def __init__(self, config, log_dir: str | None, start_iteration: int, rank_zero: bool, world_size: int):
+        self.config = config
+        self.rank_zero = rank_zero
+        self.world_size = world_size
+        self.start_iteration = start_iteration
+        self.started = time.monotonic()
+        self.path = Path(log_dir) / "metrics.jsonl" if log_dir else None
+        self.progress = None
+        self.wandb = None
+        if not rank_zero:
+            return
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.progress = tqdm(
+                total=config.train_iters, initial=start_iteration, unit="it", dynamic_ncols=True, leave=False
+            )
+        if config.wandb_enabled:
+            import wandb
+
+            self.wandb = wandb.init(
+                project=config.wandb_project,
+                name=config.wandb_exp_name,
+                mode=config.wandb_mode,
+                dir=log_dir,
+                config=config.to_dict(),
+                resume="allow",
+            )
+
+    def _emit(self, record: dict) -> None:
+        if self.path:
+            with self.path.open("a") as stream:
+                stream.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "iteration"}, step=record["iteration"])
+
+    def _print(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.write(line)
+        else:
+            print(line, flush=True)
+
+    def train(self, iteration: int, loss: float, lr: float, grad_norm: float | None, seconds: float,
+              flops: float, skipped: int = 0) -> None:
+        """Record one iteration; print/emit every ``log_interval`` iterations and at the last one."""
+        if not self.rank_zero:
+            return
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(loss=f"{loss:.4f}")
+        if iteration % self.config.log_interval and iteration != self.config.train_iters:
+            return
+        tokens_per_sec = self.config.tokens_per_iteration / seconds
+        tflops = flops / seconds / self.world_size / 1e12
+        peak = peak_flops_per_device(self.config.bf16 or self.config.fp16)
+        done = iteration - self.start_iteration
+        eta = (time.monotonic() - self.started) / max(done, 1) * (self.config.train_iters - iteration)
+        record = {
+            "iteration": iteration,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_sec": tokens_per_sec,
+            "tflops_per_device": tflops,
+            "iteration_seconds": seconds,
+            "consumed_samples": iteration * self.config.global_batch_size,
+            "skipped_iterations": skipped,
+        }
+        if peak:
+            record["mfu"] = tflops * 1e12 / peak
+        self._emit(record)
+        norm = "n/a" if grad_norm is None or math.isnan(grad_norm) else f"{grad_norm:.3f}"
+        mfu = f" | MFU {record['mfu']:.1%}" if peak else ""
+        self._print(
+            f"iteration {iteration:>7d}/{self.config.train_iters} | loss {loss:.4f} | lr {lr:.3e} | "
+            f"grad norm {norm} | {tokens_per_sec:,.0f} tokens/s | {tflops:.3f} TFLOP/s/device{mfu} | "
+            f"ETA {_duration(eta)}"
+        )
+
+    def validation(self, iteration: int, val_loss: float) -> None:
+        if not self.rank_zero:
+            return
+        self._emit({"iteration": iteration, "val_loss": val_loss})
+        self._print(f"validation at iteration {iteration} | val loss {val_loss:.4f}")
+
+    def message(self, text: str) -> None:
+        if self.rank_zero:
+            self._print(text)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
