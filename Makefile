@@ -21,9 +21,19 @@ $(STAMP): setup.py
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The demo: tokenize the embedded corpus (Python's own documentation) with a BPE tokenizer trained
+# on it, then pretrain the tiny headless GPT on 2 local ranks (tensor + sequence parallel).
+DEMO_DATA ?= data/python-docs
+DEMO_RUN ?= runs/demo
+
 demo: install
 	$(BIN)/headless-megatron env
-	$(BIN)/headless-megatron check --nproc-per-node 2 --tensor-model-parallel-size 2 --sequence-parallel
+	$(BIN)/headless-megatron preprocess --input builtin:python-docs --train-tokenizer bpe --vocab-size 4096 \
+		--output-prefix $(DEMO_DATA) --workers 2
+	rm -rf $(DEMO_RUN)
+	$(BIN)/headless-megatron pretrain --nproc-per-node 2 --config configs/gpt_headless_tiny.yaml \
+		--data-path $(DEMO_DATA)_text_document --tensor-model-parallel-size 2 --sequence-parallel \
+		--save $(DEMO_RUN)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -33,6 +33,7 @@ setup(
         "transformers>=5",
         "sentencepiece>=0.2",
         "protobuf",  # transformers reads sentencepiece .model files through their protobuf schema
+        "wandb",  # experiment tracking (wandb_project / wandb_mode), imported only when enabled
     ],
     extras_require={
         # Fused attention, fused LayerNorm-linear and FP8. apex is optional: build it from source

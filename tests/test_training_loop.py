@@ -34,7 +34,7 @@ def _is_rank_zero():
 
 def train(world_size: int, dataset: str, *flags: str, iters: int = 10):
     argv = ["--config", TINY, "--data-path", dataset, "--train-iters", str(iters), "--lr-warmup-iters", "2",
-            "--eval-iters", "0", "--num-workers", "0", "--log-interval", "5", *flags]
+            "--eval-iters", "0", "--num-workers", "0", "--log-interval", "5", "--save", "none", *flags]
     return run_on_ranks(_pretrain, world_size, args=(argv,), timeout=600)[0]
 
 
@@ -105,6 +105,14 @@ def test_vanilla_cross_entropy_baseline_learns_and_reports_the_same_fields(datas
     assert end < start - 0.5
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"iteration", "loss", "lr", "grad_norm", "tokens_per_sec", "tflops_per_device"} <= set(record)
+
+
+def test_wandb_offline_run_is_written_next_to_the_metrics(dataset, tmp_path):
+    train(1, dataset, "--log-dir", str(tmp_path), "--wandb-project", "headless-test", "--wandb-mode", "offline",
+          "--log-interval", "1", iters=3)
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert list(run_dir.glob("*.wandb")), "the offline run holds no records"
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
 
 def test_bad_configs_stop_before_any_work(dataset, tmp_path):

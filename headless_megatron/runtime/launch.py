@@ -44,6 +44,8 @@ def launch_local_ranks(nproc: int, argv: list[str]) -> int:
             f"{NPROC_FLAG} given inside an already launched rank (RANK is set); "
             "drop the flag when starting through torchrun or srun"
         )
+    # torchrun would otherwise set 1 thread per rank and warn about it; share the cores instead.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     torchrun_args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "-m", "headless_megatron", *argv]
     )

@@ -137,13 +137,18 @@ def _materialize_optimizer_state(optimizer) -> None:
 
     Megatron's optimizers describe their state for ``dist_checkpointing`` from the state that
     exists. With TE's or apex's Adam it exists from construction; torch's Adam (the fallback without
-    them: CPU, or a GPU without TE/apex) creates it lazily at the first step, so a fresh optimizer
-    would describe nothing to load into. Megatron's own ``init_state_fn`` creates the moments;
-    torch's Adam also keeps a ``step`` per parameter.
+    them: CPU, or a GPU without TE/apex) creates it lazily at the first step, so an optimizer that
+    has not stepped yet could neither be saved nor describe what to load into. Megatron's own
+    ``init_state_fn`` creates the (zero) moments; torch's Adam also keeps a ``step`` per parameter.
+    Zero state and step 0 are exactly what the first step would start from.
     """
+    from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE
+
     for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
         if inner.init_state_fn is not None:
             inner.init_state_fn(inner.optimizer, inner.config)
+        if HAVE_APEX_OR_TE:  # their Adam keeps the step in its param groups
+            continue
         for group in inner.optimizer.param_groups:
             for param in group["params"]:
                 inner.optimizer.state[param].setdefault("step", torch.tensor(0.0))
@@ -157,8 +162,7 @@ def _sharded_state_dict(model_chunks, optimizer, scheduler, common: dict, is_loa
         state[key] = _unwrap(chunk).sharded_state_dict(metadata=SHARDING_METADATA)
         model_state.update(state[key])
     if optimizer is not None:
-        if is_loading:
-            _materialize_optimizer_state(optimizer)
+        _materialize_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=SHARDING_METADATA)
         state["opt_param_scheduler"] = scheduler.state_dict()
     if with_rng:
