@@ -27,9 +27,11 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
-from headless_megatron.config import ConfigError, TrainConfig
+from headless_megatron.config import TrainConfig
 from headless_megatron.cwt import CWTOptions
 from headless_megatron.data.gpt_dataset import build_gpt_datasets, micro_batches
+from headless_megatron.data.mlm_dataset import Masking, MaskedLMDataset
+from headless_megatron.models.bert import build_bert_stage
 from headless_megatron.models.gpt import build_gpt_stage
 from headless_megatron.models.specs import kernel_backend
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
@@ -73,19 +75,19 @@ def pretrain(config: TrainConfig) -> RunSummary:
 
 def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int, backend: str):
     """This pipeline stage of the model ``config`` describes, with layout-independent initial weights."""
-    if config.model != "gpt":
-        raise ConfigError(f"model: {config.model!r} pretraining is not available yet; use model: gpt")
-    return build_gpt_stage(
-        transformer_config,
+    cwt = CWTOptions(config.cwt_temperature, config.cwt_duplicates, config.cwt_negatives) if config.loss == "cwt" else None
+    common = dict(
         vocab_size=padded_vocab,
         max_sequence_length=config.max_positions,
         seed=config.seed,
         backend=backend,
         position_embedding_type=config.position_embedding_type,
         share_embeddings_and_output_weights=config.share_embeddings_and_output_weights,
-        cwt=CWTOptions(config.cwt_temperature, config.cwt_duplicates, config.cwt_negatives)
-        if config.loss == "cwt" else None,
+        cwt=cwt,
     )
+    if config.model == "bert":
+        return build_bert_stage(transformer_config, project_masked_only=config.mlm_project_masked_only, **common)
+    return build_gpt_stage(transformer_config, **common)
 
 
 def _loss_func(loss_mask, candidate_products, output):
@@ -95,18 +97,28 @@ def _loss_func(loss_mask, candidate_products, output):
     return total, tokens.to(torch.int), {"lm loss": report}
 
 
-def _gpt_forward_step(data_iterator, model, *, device, count_candidates: bool):
-    batch = next(data_iterator)
-    tokens = batch["tokens"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
-    positions = batch["position_ids"].to(device, non_blocking=True)
-    output = model(tokens, positions, None, labels=labels, loss_mask=loss_mask)
+def _forward_step(data_iterator, model, *, device, encoder: bool, count_candidates: bool):
+    """One micro-batch through this stage; the last stage's output is the per-token loss ``[b, s]``."""
+    batch = {key: value.to(device, non_blocking=True) for key, value in next(data_iterator).items()}
+    labels, loss_mask = batch["labels"], batch["loss_mask"]
+    if encoder:
+        output = model(batch["tokens"], batch["padding_mask"], lm_labels=labels, loss_mask=loss_mask)
+    else:
+        output = model(batch["tokens"], batch["position_ids"], None, labels=labels, loss_mask=loss_mask)
     products = torch.zeros((), device=device)
     if count_candidates:  # K x U of this micro-batch, for the FLOP count of the CWT matmul
         loss_positions = loss_mask > 0
         products = loss_positions.sum() * labels[loss_positions].unique().numel()
     return output, partial(_loss_func, loss_mask, products.float())
+
+
+def masking_for(config: TrainConfig, tokenizer) -> Masking:
+    """The MLM corruption of ``config`` with ``tokenizer``'s mask and special ids (mock data: the last ids)."""
+    vocab = config.vocab_size or tokenizer.vocab_size
+    if tokenizer is None:
+        return Masking(config.masking, config.mask_prob, mask_id=vocab - 2, vocab_size=vocab, special_ids=(vocab - 1,))
+    specials = tuple(i for i in (tokenizer.eod, tokenizer.pad, tokenizer.mask, tokenizer.bos) if i is not None)
+    return Masking(config.masking, config.mask_prob, tokenizer.mask, vocab, specials)
 
 
 class Trainer:
@@ -181,7 +193,15 @@ class Trainer:
         self.train_data, self.valid_data, _ = build_gpt_datasets(
             config, self.tokenizer, (config.train_iters * batch, valid_samples, 0)
         )
-        self.forward_step = partial(_gpt_forward_step, device=device, count_candidates=config.loss == "cwt")
+        if config.model == "bert":
+            masking = masking_for(config, self.tokenizer)
+            self.train_data, self.valid_data = (
+                MaskedLMDataset(windows, masking, config.seed) if windows is not None else None
+                for windows in (self.train_data, self.valid_data)
+            )
+        self.forward_step = partial(
+            _forward_step, device=device, encoder=config.model == "bert", count_candidates=config.loss == "cwt"
+        )
         self.body_flops = transformer_flops_per_token(config) * config.tokens_per_iteration
 
     def _tokenizer(self):
