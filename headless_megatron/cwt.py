@@ -54,6 +54,7 @@ class CWTOptions:
 
 @dataclass(frozen=True)
 class _Groups:
+    parallel_state: bool = False
     tp_size: int = 1
     tp_rank: int = 0
     dp_group: dist.ProcessGroup | None = None
@@ -66,6 +67,7 @@ def _parallel_groups() -> _Groups:
     if not (dist.is_initialized() and ps.model_parallel_is_initialized()):
         return _Groups()
     return _Groups(
+        parallel_state=True,
         tp_size=ps.get_tensor_model_parallel_world_size(),
         tp_rank=ps.get_tensor_model_parallel_rank(),
         dp_group=ps.get_data_parallel_group(),
@@ -179,19 +181,24 @@ def _contrastive_cross_entropy(queries, targets, candidates, embedding_weight, t
     own = slice(start, start + int(owned_per_rank[groups.tp_rank].item()))
 
     candidate_embeddings = embedding_weight.index_select(0, unique_ids[own] - groups.tp_rank * shard_size)
-    logits = (queries @ candidate_embeddings.t()).float() / temperature
+    if temperature != 1.0:  # on the [K, h] queries rather than the [K, U] logits
+        queries = queries / temperature
+    # The largest tensor, [K, U/tp]: every later step on it is in place, on the matmul's own output
+    # (or on its fp32 copy for bf16/fp16 inputs), so that its memory is paid once.
+    logits = (queries @ candidate_embeddings.t()).float()
     if duplicates == "count":
-        logits = logits + counts[own].float().log()
-    logits = F.pad(logits, (0, width - logits.shape[1]), value=_PADDING_LOGIT)
-
+        logits.add_(counts[own].float().log())
+    if logits.shape[1] < width:
+        logits = F.pad(logits, (0, width - logits.shape[1]), value=_PADDING_LOGIT)
     target_owner = owner[target_column]
     parallel_target = target_owner * width + (target_column - run_starts[target_owner])
-    if groups.tp_size == 1:
-        row_loss = F.cross_entropy(logits, parallel_target, reduction="none")
-    else:
+    if groups.parallel_state:
         from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
+        # Megatron's softmax works in place and saves only the softmax: one [K, U/tp] buffer.
         row_loss = vocab_parallel_cross_entropy(logits, parallel_target)
+    else:
+        row_loss = F.cross_entropy(logits, parallel_target, reduction="none")
     if duplicates == "count":
         row_loss = row_loss + counts[target_column].float().log()
     return row_loss
