@@ -30,7 +30,7 @@ def run(args) -> int:
     from headless_megatron.data.errors import DataError
     from headless_megatron.runtime.distributed import destroy_distributed, is_rank_zero
     from headless_megatron.training.checkpoint import CheckpointError
-    from headless_megatron.training.loop import pretrain
+    from headless_megatron.training.loop import NumericalError, pretrain
 
     try:
         config = config_from_args(args)
@@ -38,11 +38,16 @@ def run(args) -> int:
     except (ConfigError, CheckpointError, DataError) as error:
         print(f"headless-megatron pretrain: error: {error}", file=sys.stderr)
         return 2
+    except NumericalError as error:
+        print(f"headless-megatron pretrain: error: {error}", file=sys.stderr)
+        return 1
     reporting = is_rank_zero()
     destroy_distributed()
     if reporting:
         print(f"trained {summary.iterations} iterations | final loss {summary.final_loss:.4f}"
-              + (f" | val loss {summary.val_loss:.4f}" if summary.val_loss is not None else ""))
+              + (f" | val loss {summary.val_loss:.4f}" if summary.val_loss is not None else "")
+              + (f" | skipped {summary.skipped_iterations}" if summary.skipped_iterations else "")
+              + (f" | stopped by {summary.stopped_by}" if summary.stopped_by else ""))
         if summary.checkpoint:
             print(f"checkpoint: {summary.checkpoint}")
         if summary.metrics:

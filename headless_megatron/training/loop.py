@@ -37,6 +37,7 @@ from headless_megatron.models.specs import kernel_backend
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
 from headless_megatron.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from headless_megatron.training.metrics import MetricsLogger, head_flops, transformer_flops_per_token
+from headless_megatron.training.signals import StopConditions
 
 
 @dataclass
@@ -49,6 +50,10 @@ class RunSummary:
     checkpoint: str | None
     metrics: str | None
     losses: list[float]
+    stopped_by: str = ""
+    """Why the run stopped before ``train_iters`` (SIGTERM, SIGUSR1, exit_duration_in_mins,
+    exit_interval), or "" when it completed."""
+    skipped_iterations: int = 0
 
 
 def launch_world_size() -> int:
@@ -121,6 +126,10 @@ def masking_for(config: TrainConfig, tokenizer) -> Masking:
     return Masking(config.masking, config.mask_prob, tokenizer.mask, vocab, specials)
 
 
+class NumericalError(RuntimeError):
+    """Too many consecutive iterations with a NaN/Inf loss or gradient."""
+
+
 class Trainer:
     """Builds model, optimizer, scheduler and data for ``config`` on this rank, and runs the loop."""
 
@@ -185,6 +194,7 @@ class Trainer:
             wd_incr_style="constant",
         )
         self.iteration = self._resume()
+        self.skipped_iterations = self.skipped_in_a_row = 0
         self.logger = MetricsLogger(
             config, config.metrics_dir, self.iteration, dist.get_rank() == 0, self.world_size
         )
@@ -276,27 +286,46 @@ class Trainer:
         self.logger.message(f"saved checkpoint {path}")
         return str(path)
 
-    def _time_is_up(self, started: float) -> bool:
-        if self.config.exit_duration_in_mins is None:
-            return False
-        elapsed = time.monotonic() - started
-        flag = torch.tensor([elapsed > 60 * self.config.exit_duration_in_mins], dtype=torch.int, device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same iteration
-        return bool(flag.item())
-
     def train_step(self, data) -> tuple[float, float | None, float]:
-        """One optimizer step over a global batch; returns (mean loss, grad norm, FLOPs)."""
+        """One optimizer step over a global batch; returns (mean loss, grad norm, FLOPs).
+
+        An iteration whose loss or gradients are not finite on any rank is skipped by every rank
+        (no optimizer or scheduler step; its data is consumed), and after ``max_skipped_iters``
+        such iterations in a row the run stops with :class:`NumericalError`.
+        """
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         totals = self._run_schedule(data, self.num_microbatches, forward_only=False)
-        update_ok, grad_norm, _ = self.optimizer.step()
-        if update_ok:
-            self.scheduler.step(increment=1)
         self.iteration += 1
         flops = self.body_flops + head_flops(
             self.config, self.padded_vocab, self.config.tokens_per_iteration, int(totals[2].item())
         )
-        return (totals[0] / totals[1]).item(), grad_norm, flops
+        loss = (totals[0] / totals[1]).item()
+        if not self._all_finite(totals):
+            self.skipped_iterations += 1
+            self.skipped_in_a_row += 1
+            self.logger.message(f"iteration {self.iteration}: NaN/Inf loss or gradient, skipped "
+                                f"({self.skipped_in_a_row} in a row, {self.skipped_iterations} in all)")
+            if self.skipped_in_a_row >= self.config.max_skipped_iters:
+                raise NumericalError(
+                    f"max_skipped_iters: {self.skipped_in_a_row} consecutive iterations had a NaN/Inf loss or "
+                    f"gradient (last: {self.iteration}); lower lr or check the data, then resume from the last checkpoint"
+                )
+            return loss, None, flops
+        self.skipped_in_a_row = 0
+        update_ok, grad_norm, _ = self.optimizer.step()
+        if update_ok:
+            self.scheduler.step(increment=1)
+        return loss, grad_norm, flops
+
+    def _all_finite(self, totals: torch.Tensor) -> bool:
+        """Whether the loss and every gradient are finite on every rank (a collective call)."""
+        finite = bool(torch.isfinite(totals).all()) and all(
+            bool(torch.isfinite(buffer.grad_data).all()) for buffer in self.model.buffers
+        )
+        flag = torch.tensor([0 if finite else 1], dtype=torch.int, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return not flag.item()
 
     def train_data_iterator(self):
         batch = self.config.global_batch_size
@@ -305,31 +334,33 @@ class Trainer:
 
     def train(self) -> RunSummary:
         config = self.config
-        started = time.monotonic()
+        stop = StopConditions(config.exit_signal_handler, config.exit_duration_in_mins, config.exit_interval)
         data = self.train_data_iterator()
-        losses, val_loss, checkpoint, saved_at = [], None, None, self.iteration
+        losses, val_loss, checkpoint, saved_at, stopped_by = [], None, None, self.iteration, ""
         self.model.train()
-        while self.iteration < config.train_iters:
-            iteration_started = time.perf_counter()
-            loss, grad_norm, flops = self.train_step(data)
-            losses.append(loss)
-            self.logger.train(
-                self.iteration, loss, self.optimizer.param_groups[0]["lr"], grad_norm,
-                time.perf_counter() - iteration_started, flops,
-            )
-            if config.eval_interval and config.eval_iters and self.iteration % config.eval_interval == 0:
-                val_loss = self.evaluate()
-                self.logger.validation(self.iteration, val_loss)
-            if config.save and config.save_interval and self.iteration % config.save_interval == 0:
-                checkpoint, saved_at = self._save(self.iteration), self.iteration
-            if config.exit_interval and self.iteration % config.exit_interval == 0:
-                self.logger.message(f"exit_interval={config.exit_interval} reached")
-                break
-            if self._time_is_up(started):
-                self.logger.message(f"exit_duration_in_mins={config.exit_duration_in_mins} reached")
-                break
+        try:
+            while self.iteration < config.train_iters:
+                iteration_started = time.perf_counter()
+                loss, grad_norm, flops = self.train_step(data)
+                losses.append(loss)
+                self.logger.train(
+                    self.iteration, loss, self.optimizer.param_groups[0]["lr"], grad_norm,
+                    time.perf_counter() - iteration_started, flops, self.skipped_iterations,
+                )
+                if config.eval_interval and config.eval_iters and self.iteration % config.eval_interval == 0:
+                    val_loss = self.evaluate()
+                    self.logger.validation(self.iteration, val_loss)
+                if config.save and config.save_interval and self.iteration % config.save_interval == 0:
+                    checkpoint, saved_at = self._save(self.iteration), self.iteration
+                stopped_by = stop.reason(self.iteration, self.device)
+                if stopped_by:
+                    self.logger.message(f"stopping after iteration {self.iteration}: {stopped_by}")
+                    break
+        finally:
+            stop.restore()
         if config.save and saved_at != self.iteration:
             checkpoint = self._save(self.iteration)
         self.logger.close()
         metrics = str(Path(config.metrics_dir) / "metrics.jsonl") if config.metrics_dir else None
-        return RunSummary(self.iteration, losses[-1] if losses else float("nan"), val_loss, checkpoint, metrics, losses)
+        return RunSummary(self.iteration, losses[-1] if losses else float("nan"), val_loss, checkpoint, metrics,
+                          losses, stopped_by, self.skipped_iterations)
