@@ -1,7 +1,10 @@
-"""``headless-megatron pretrain --config configs/<name>.yaml [--flag value ...]``.
+"""``headless-megatron pretrain --config configs/<name>.yaml [--flag value ...]``, and
+``headless-megatron finetune --config configs/gpt_headless_ft.yaml --pretrained DIR``.
 
 Also ``torchrun -m headless_megatron pretrain ...`` and ``srun`` (one task per GPU). Keys of the
 YAML file are Megatron-LM argument names; every key is also a ``--dashed-flag`` overriding the file.
+Fine-tuning is the same loop started from another run's weights (``pretrained``): a headless model
+gets an untied output layer initialised from its input embeddings, and a fresh optimizer.
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ def add_arguments(parser) -> None:
     add_config_arguments(parser)
 
 
-def reject_unknown_arguments(unknown: list[str]) -> int:
+def _fail(command: str, error: Exception, code: int) -> int:
+    print(f"headless-megatron {command}: error: {error}", file=sys.stderr)
+    return code
+
+
+def reject_unknown_arguments(unknown: list[str], command: str = "pretrain") -> int:
     from headless_megatron.config import ConfigError, reject_unknown_flags
 
     try:
         reject_unknown_flags(unknown)
     except ConfigError as error:
-        print(f"headless-megatron pretrain: error: {error}", file=sys.stderr)
+        return _fail(command, error, 2)
     return 2
 
 
-def run(args) -> int:
+def run(args, command: str = "pretrain") -> int:
     from headless_megatron.config import ConfigError, config_from_args
     from headless_megatron.data.errors import DataError
     from headless_megatron.runtime.distributed import destroy_distributed, is_rank_zero
@@ -34,13 +42,13 @@ def run(args) -> int:
 
     try:
         config = config_from_args(args)
+        if command == "finetune" and not config.pretrained:
+            raise ConfigError("pretrained: finetune starts from a checkpoint: give --pretrained DIR")
         summary = pretrain(config)
     except (ConfigError, CheckpointError, DataError) as error:
-        print(f"headless-megatron pretrain: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(command, error, 2)
     except NumericalError as error:
-        print(f"headless-megatron pretrain: error: {error}", file=sys.stderr)
-        return 1
+        return _fail(command, error, 1)
     reporting = is_rank_zero()
     destroy_distributed()
     if reporting:

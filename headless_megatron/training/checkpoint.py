@@ -222,3 +222,45 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
     if with_rng:
         _restore_rng(loaded["rng_state"][0])
     return common
+
+
+# What must agree between a pretrained checkpoint and the model that starts from it.
+ARCHITECTURE_KEYS = (
+    "model", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+    "kv_channels", "normalization", "swiglu", "add_bias_linear", "position_embedding_type",
+    "make_vocab_size_divisible_by",
+)
+
+
+def load_pretrained_weights(root: str | Path, model_chunks, config: dict) -> dict:
+    """Start ``model_chunks`` from the weights of another run's latest checkpoint under ``root``.
+
+    Only the weights are read (no optimizer, scheduler, RNG or iteration). An untied output layer
+    that the checkpoint does not have (a headless model, whose head is its input-embedding table)
+    is initialised from the checkpoint's input embeddings, as the paper does to turn a headless
+    model into a language model; each rank reads the rows of its own vocab shard, on whatever
+    pipeline stage holds the output layer.
+    """
+    path = latest_checkpoint(root) or Path(root)
+    try:
+        common = dist_checkpointing.load_common_state_dict(str(path))
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same clear error
+        raise CheckpointError(f"pretrained: {path} is not a readable torch_dist checkpoint ({type(error).__name__})")
+    saved = common.get("config", {})
+    for key in ARCHITECTURE_KEYS:
+        if key in saved and saved[key] != config.get(key):
+            raise CheckpointError(f"{key}: {config.get(key)!r} differs from the pretrained checkpoint's {saved[key]!r} ({path})")
+    head_from_embeddings = not saved.get("untie_embeddings_and_output_weights", False)
+    state = {}
+    for index, chunk in enumerate(model_chunks):
+        key = "model" if len(model_chunks) == 1 else f"model{index}"
+        state[key] = _unwrap(chunk).sharded_state_dict()
+        head = state[key].get("output_layer.weight")
+        if head_from_embeddings and head is not None:
+            head.key = "embedding.word_embeddings.weight"
+            # A second reader of the embedding shard, not its owner (as Megatron marks the tied copy).
+            head.replica_id = (1, *head.replica_id[1:]) if isinstance(head.replica_id, tuple) else 1
+    loaded = dist_checkpointing.load(state, str(path))
+    for index, chunk in enumerate(model_chunks):
+        _unwrap(chunk).load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{index}"])
+    return common

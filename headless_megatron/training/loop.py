@@ -35,7 +35,13 @@ from headless_megatron.models.bert import build_bert_stage
 from headless_megatron.models.gpt import build_gpt_stage
 from headless_megatron.models.specs import kernel_backend
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-from headless_megatron.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from headless_megatron.training.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_pretrained_weights,
+    save_checkpoint,
+)
 from headless_megatron.training.metrics import MetricsLogger, head_flops, transformer_flops_per_token
 from headless_megatron.training.signals import StopConditions
 
@@ -145,6 +151,9 @@ class Trainer:
         self.transformer_config = config.transformer_config(backend)
         self.transformer_config.finalize_model_grads_func = finalize_model_grads
         stage = build_model_stage(config, self.transformer_config, self.padded_vocab, backend).to(device)
+        if config.freeze_body:  # a probe: DDP and the optimizer see the output layer only
+            for name, param in stage.named_parameters():
+                param.requires_grad = name.startswith("output_layer.")
         if config.bf16 or config.fp16:
             stage = Float16Module(self.transformer_config, stage)
         self.model = DistributedDataParallel(
@@ -226,9 +235,14 @@ class Trainer:
     def _resume(self) -> int:
         """Load ``config.load`` (auto-resume) and return the iteration to continue from."""
         config = self.config
+        path = latest_checkpoint(config.load) if config.load else None
+        if path is None and config.pretrained:
+            common = load_pretrained_weights(config.pretrained, [self.model], config.to_dict())
+            if dist.get_rank() == 0:
+                print(f"starting from the weights of {config.pretrained} (iteration {common['iteration']})", flush=True)
+            return 0
         if not config.load:
             return 0
-        path = latest_checkpoint(config.load)
         if path is None:
             if config.save and Path(config.save).resolve() == Path(config.load).resolve():
                 return 0  # the first run of an auto-resuming job: nothing saved yet
