@@ -2,6 +2,8 @@
 
     headless-megatron bench train --config configs/gpt_headless_160m.yaml \\
         --config configs/gpt_vanilla_160m.yaml --iters 50 -- --mock-data --vocab-size 50304
+    headless-megatron bench train --config configs/bert_vanilla_small.yaml \\
+        --config "configs/bert_vanilla_small.yaml --mlm-project-masked-only" -- --mock-data --vocab-size 50304
 
 Each config runs ``--warmup`` + ``--iters`` iterations of the real training loop (model, DDP,
 distributed optimizer, schedule) on ``--nproc-per-node`` fresh local ranks, one config after the
@@ -14,13 +16,17 @@ where the device's peak is known, peak memory, and each figure's ratio to the fi
 
 from __future__ import annotations
 
+import shlex
 import statistics
 import time
 from pathlib import Path
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", action="append", required=True, help="a YAML recipe (repeat for each)")
+    parser.add_argument(
+        "--config", action="append", required=True, metavar="'YAML [--flag value ...]'",
+        help="a YAML recipe, optionally followed by flags for it alone (repeat for each config)",
+    )
     parser.add_argument("--iters", type=int, default=50, help="timed iterations per config")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--nproc-per-node", dest="ranks", type=int, default=1, help="local ranks per config")
@@ -92,9 +98,10 @@ def run(args) -> int:
              "--log-interval", str(10**9), "--save", "none", "--load", "none"]
     results = []
     for config in args.config:
-        argv = ["--config", config, *args.overrides, *fixed]
+        path, *own_flags = shlex.split(config)
+        argv = ["--config", path, *args.overrides, *own_flags, *fixed]
         result = run_on_ranks(_measure, args.ranks, args=(argv, args.iters, args.warmup), timeout=3600)[0]
-        results.append((Path(config).stem, result))
+        results.append((" ".join([Path(path).stem, *own_flags]), result))
         print(f"measured {config}: {result['tokens_per_sec']:,.0f} tokens/s", flush=True)
     base = results[0][1]
     header = ("config", "layout", "tokens/s", "x", "TFLOP/s/dev", "MFU", "peak MB", "x", "last loss")
