@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from data_fixtures import tiny_builtin_dataset
-from headless_megatron.config import parse_config
-from headless_megatron.runtime.local_ranks import run_on_ranks
-from headless_megatron.training.loop import pretrain
 from test_training_loop import assert_losses_close
+from test_training_loop import train as train_decoder_or_encoder
 
 TINY = "configs/bert_headless_tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return tiny_builtin_dataset(tmp_path_factory.mktemp("pydocs"))
-
-
-def _pretrain(argv):
-    import torch.distributed as dist
-
-    summary = pretrain(parse_config(argv))
-    return summary if dist.get_rank() == 0 else None
-
-
 def train(world_size, dataset, *flags, iters=10):
-    argv = ["--config", TINY, "--data-path", dataset, "--train-iters", str(iters), "--lr-warmup-iters", "2",
-            "--eval-iters", "0", "--num-workers", "0", "--log-interval", "10", "--save", "none", *flags]
-    return run_on_ranks(_pretrain, world_size, args=(argv,), timeout=600)[0]
+    return train_decoder_or_encoder(world_size, dataset, *flags, iters=iters, config=TINY)
 
 
 @pytest.fixture(scope="module")

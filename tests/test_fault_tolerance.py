@@ -8,15 +8,9 @@ import signal
 
 import pytest
 
-from data_fixtures import tiny_builtin_dataset
 from headless_megatron.config import parse_config
 from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
 from test_training_loop import assert_losses_close, train
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return tiny_builtin_dataset(tmp_path_factory.mktemp("pydocs"))
 
 
 def _train_with_fault(argv, fault, at_iteration, on_rank):

@@ -5,17 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_fixtures import tiny_builtin_dataset
 from headless_megatron.config import parse_config
 from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
 from test_training_loop import train
 
 FINETUNE = ["--loss", "ce", "--untie-embeddings-and-output-weights", "--lr", "1e-3"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return tiny_builtin_dataset(tmp_path_factory.mktemp("pydocs"))
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from data_fixtures import tiny_builtin_dataset
 from headless_megatron.config import ConfigError, parse_config
 from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
 from headless_megatron.training.loop import pretrain
 
 TINY = "configs/gpt_headless_tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return tiny_builtin_dataset(tmp_path_factory.mktemp("pydocs"))
 
 
 def _pretrain(argv):
@@ -32,8 +26,8 @@ def _is_rank_zero():
     return dist.get_rank() == 0
 
 
-def train(world_size: int, dataset: str, *flags: str, iters: int = 10):
-    argv = ["--config", TINY, "--data-path", dataset, "--train-iters", str(iters), "--lr-warmup-iters", "2",
+def train(world_size: int, dataset: str, *flags: str, iters: int = 10, config: str = TINY):
+    argv = ["--config", config, "--data-path", dataset, "--train-iters", str(iters), "--lr-warmup-iters", "2",
             "--eval-iters", "0", "--num-workers", "0", "--log-interval", "5", "--save", "none", *flags]
     return run_on_ranks(_pretrain, world_size, args=(argv,), timeout=600)[0]
 
