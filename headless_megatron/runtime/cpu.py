@@ -13,7 +13,9 @@ What is redirected, and why each piece is needed (line numbers refer to megatron
 * The "CUDA" RNG is emulated by a dedicated CPU ``torch.Generator``: Megatron's RNG tracker
   (``model_parallel_cuda_manual_seed``, ``fork()``) saves and restores it, while the default CPU
   generator stays untouched, so the tracker's "CPU RNG state changed within GPU RNG context" check
-  holds. On CPU, dropout inside ``fork()`` therefore draws from the default CPU generator.
+  holds. On CPU, dropout inside ``fork()`` therefore draws from the default CPU generator, which
+  that check would report on every forward; with dropout it says nothing useful on CPU and is
+  filtered out of Megatron's log.
 * ``torch.cuda.synchronize`` (pipeline p2p) becomes a no-op.
 * A process-wide :class:`torch.overrides.TorchFunctionMode` maps literal ``"cuda"`` devices in factory
   calls and ``Tensor.to`` to CPU (schedules' token counters, optimizer scalars, grad clipping), makes
@@ -27,6 +29,7 @@ The SP-capable norm that the local layer spec needs is not CPU-specific and live
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import torch
@@ -96,6 +99,12 @@ def _emulate_cuda_rng() -> None:
 
     mcore_random._get_cuda_rng_state = get_rng_state
     mcore_random._set_cuda_rng_state = set_rng_state
+    logging.getLogger(mcore_random.__name__).addFilter(_DropoutOnCpuIsExpected())
+
+
+class _DropoutOnCpuIsExpected(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
 
 
 def _is_cuda_device(device) -> bool:
