@@ -34,6 +34,13 @@ setup(
         "sentencepiece>=0.2",
         "protobuf",  # transformers reads sentencepiece .model files through their protobuf schema
         "wandb",  # experiment tracking (wandb_project / wandb_mode), imported only when enabled
+        # Evaluation (headless_megatron/evaluate): the LM Evaluation Harness and its HF backend, GLUE
+        # metrics (MCC, Spearman), report plots.
+        "lm-eval>=0.4.13,<0.5",
+        "accelerate",
+        "scikit-learn",
+        "scipy",
+        "matplotlib",
     ],
     extras_require={
         # Fused attention, fused LayerNorm-linear and FP8. apex is optional: build it from source

@@ -22,9 +22,29 @@ SUBCOMMANDS = {
         "headless_megatron.commands.check",
         "train a tiny GPT for a few steps on this launch's parallel layout (install/NCCL/gloo smoke test)",
     ),
-    "pretrain": ("headless_megatron.commands.pretrain", "pretrain a headless (CWT) or vanilla GPT from a YAML config"),
+    "pretrain": ("headless_megatron.commands.pretrain", "pretrain a headless (CWT) or vanilla GPT/BERT from a YAML config"),
+    "finetune": (
+        "headless_megatron.commands.finetune",
+        "train on from a pretrained checkpoint (a headless GPT gets an LM head initialised from its embeddings)",
+    ),
     "preprocess": ("headless_megatron.commands.preprocess", "text corpora -> Megatron .bin/.idx datasets"),
-    "bench": ("headless_megatron.commands.bench", "benchmarks that print a table (bench loss | preprocess)"),
+    "bench": ("headless_megatron.commands.bench", "benchmarks that print a table (bench loss | train | preprocess)"),
+    "export-hf": (
+        "headless_megatron.commands.export_hf",
+        "checkpoint -> Hugging Face model directory (LlamaForCausalLM, MegatronBert), tokenizer, model card",
+    ),
+    "import-hf": (
+        "headless_megatron.commands.import_hf",
+        "Hugging Face model -> torch_dist checkpoint at a chosen TP/PP layout, to train from",
+    ),
+    "eval": (
+        "headless_megatron.commands.evaluate",
+        "evaluate a Hugging Face model: eval lm (LM Evaluation Harness tasks) | eval glue (GLUE fine-tuning)",
+    ),
+    "report": (
+        "headless_megatron.commands.report",
+        "plots (loss vs tokens and time, throughput) and a summary table of one or more runs",
+    ),
 }
 
 

@@ -1,0 +1,311 @@
+"""A Hugging Face model directory -> a ``torch_dist`` checkpoint of ours at a chosen TP/PP layout.
+
+Importable: ``model_type`` ``llama`` (decoders) and ``megatron-bert`` (encoders; a
+``MegatronBertModel`` without MLM head becomes a headless encoder).
+
+    import_hf("hf/llama-tiny", "runs/from_hf", tensor_model_parallel_size=2, pipeline_model_parallel_size=2)
+
+then start training from it with ``--pretrained runs/from_hf`` (or ``--load runs/from_hf
+--finetune``): the checkpoint holds the model weights, the RNG states and, in ``common.pt``, a config
+built from the HF config, but no optimizer state, so a plain ``--load`` resume does not apply.
+
+How: TP x PP local CPU ranks (``run_on_ranks``, gloo, GPUs hidden) each build their pipeline
+stage of the model the training loop would build (``training.loop.build_model_stage``), fill
+every parameter shard from the HF tensors through the family's mappings (each rank reads only the
+safetensors tensors of its own layers, memory-mapped) and save with the training loop's own
+``save_checkpoint``. The result is therefore exactly what a training run at that layout would have
+saved, iteration 0, and reshards like any of our checkpoints.
+
+The checkpoint's directory also holds ``tokenizer/`` (the HF model's tokenizer, with the
+end-of-document, padding and mask tokens ``load_tokenizer`` adds when missing; added tokens get
+zero embedding rows), which the saved config names, so that ``export-hf`` finds it.
+
+The saved config's training fields (batch sizes, iterations, learning rate) are placeholders: a
+fine-tuning run brings its own. Weights are stored in float32, which holds bf16/fp16 sources
+exactly. Everything is written beside ``output`` and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headless_megatron.config import ConfigError, TrainConfig
+from headless_megatron.convert import ConversionError
+from headless_megatron.convert.atomic import atomic_directory, check_output
+from headless_megatron.convert.llama import LlamaConversion
+from headless_megatron.convert.mapping import Conversion, TensorMapping, megatron_tensor
+from headless_megatron.convert.megatron_bert import MegatronBertConversion
+from headless_megatron.data.errors import DataError, first_line
+from headless_megatron.training.checkpoint import iteration_dir
+
+# model_type of the HF config -> the conversion that imports it.
+IMPORTABLE = {conversion.hf_model_type: conversion for conversion in (LlamaConversion, MegatronBertConversion)}
+TOKENIZER_DIRECTORY = "tokenizer"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+# Fields a TrainConfig requires that describe training, not the model: a fine-tuning run sets its own.
+TRAINING_PLACEHOLDERS = {"micro_batch_size": 1, "global_batch_size": 1, "train_iters": 1, "lr": 1e-4}
+# A large model's import on CPU takes a while; a rank that hangs is killed after this.
+RANKS_TIMEOUT_S = 6 * 3600
+# The ranks run on CPU (see _cuda_hidden), with Megatron's own layers; the checkpoint keys are the same
+# as Transformer Engine's.
+RANKS_BACKEND = "local"
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import wrote, for the command's summary line."""
+
+    output: Path
+    checkpoint: Path
+    architecture: str
+    tensor_model_parallel_size: int
+    pipeline_model_parallel_size: int
+    vocab_size: int
+
+
+class SafetensorsWeights:
+    """The tensors of a Hugging Face model directory, read one at a time (memory-mapped) from
+    ``model.safetensors`` or the shards a ``model.safetensors.index.json`` lists."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        index = self.directory / SAFETENSORS_INDEX
+        if index.is_file():
+            self.file_of = dict(json.loads(index.read_text())["weight_map"])
+        elif (self.directory / SAFETENSORS_FILE).is_file():
+            with self._open(SAFETENSORS_FILE) as weights:
+                self.file_of = dict.fromkeys(weights.keys(), SAFETENSORS_FILE)
+        else:
+            raise ConversionError(
+                f"{self.directory}: no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}; only safetensors weights are "
+                "read (save the model with save_pretrained, which writes them)"
+            )
+        self._open_files: dict[str, Any] = {}
+
+    def _open(self, name: str):
+        from safetensors import safe_open
+
+        return safe_open(self.directory / name, framework="pt")
+
+    def names(self) -> set[str]:
+        return set(self.file_of)
+
+    def __call__(self, name: str) -> torch.Tensor:
+        file = self.file_of[name]
+        if file not in self._open_files:
+            self._open_files[file] = self._open(file)
+        return self._open_files[file].get_tensor(name)
+
+
+def import_hf(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    tokenizer: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> ImportResult:
+    """Write a checkpoint of the HF model ``model`` (a directory, or a Hub name to download) under
+    ``output`` at the given layout; raises :class:`ConversionError` (and writes nothing) when it cannot."""
+    output = check_output(output, overwrite)
+    directory = _model_directory(str(model))
+    hf_config = _hf_config(directory)
+    family = IMPORTABLE.get(hf_config.model_type)
+    if family is None:
+        raise ConversionError(
+            f"{directory}: model_type {hf_config.model_type} cannot be imported; supported: {', '.join(IMPORTABLE)}"
+        )
+    hf_tokenizer = _tokenizer(directory, tokenizer)
+    values = family.train_config_values(hf_config)
+    vocab_size = max(values.pop("vocab_size"), hf_tokenizer.vocab_size)
+    config = _train_config(
+        {**values, **TRAINING_PLACEHOLDERS, "vocab_size": vocab_size,
+         "tokenizer": str(output.resolve() / TOKENIZER_DIRECTORY),
+         "tensor_model_parallel_size": tensor_model_parallel_size,
+         "pipeline_model_parallel_size": pipeline_model_parallel_size},
+    )
+    conversion = family(config, vocab_size)
+    weights = SafetensorsWeights(directory)
+    _check_weights(weights, conversion)
+    with atomic_directory(output, overwrite) as staging:
+        hf_tokenizer.save(staging / TOKENIZER_DIRECTORY)
+        with _cuda_hidden():
+            _run_ranks(hf_config.model_type, config, vocab_size, directory, staging, provenance=str(model))
+    return ImportResult(output, iteration_dir(output, 0), conversion.hf_architecture,
+                        tensor_model_parallel_size, pipeline_model_parallel_size, vocab_size)
+
+
+def _model_directory(model: str) -> Path:
+    """A local model directory as is; anything else is a Hub name, downloaded (weights, configs and
+    tokenizer files only) into the Hugging Face cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    from headless_megatron.data.sources import looks_like_a_local_path
+
+    if looks_like_a_local_path(model):
+        raise ConversionError(f"{model}: no such model directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model"]))
+    except Exception as error:  # network, authentication and missing-repo errors alike
+        raise ConversionError(f"{model}: not a local directory, and downloading it from the Hub failed: "
+                              f"{first_line(error)}") from error
+
+
+def _hf_config(directory: Path):
+    from transformers import AutoConfig
+
+    if not (directory / "config.json").is_file():
+        raise ConversionError(f"{directory}: no config.json; not a Hugging Face model directory")
+    try:
+        return AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError, KeyError) as error:
+        raise ConversionError(f"{directory}: transformers cannot read its config.json: {first_line(error)}") from error
+
+
+def _tokenizer(directory: Path, override: str | os.PathLike | None):
+    from headless_megatron.data.tokenizer import load_tokenizer
+
+    try:
+        return load_tokenizer(override if override is not None else directory)
+    except DataError as error:
+        raise ConversionError(f"no tokenizer: {error} (give one with --tokenizer)") from error
+
+
+def _train_config(values: dict[str, Any]) -> TrainConfig:
+    """The config to save, checked as a training run at its layout would check it, with values that
+    equal their field's default left at the default (None), as a recipe spells them: fine-tuning
+    compares the saved architecture fields with the run's."""
+    try:
+        config = TrainConfig(**values)
+        for field, resolved in (("ffn_hidden_size", "ffn_size"), ("num_query_groups", "query_groups"),
+                                ("kv_channels", "head_dim")):
+            default = dataclasses.replace(config, **{field: None})
+            if getattr(default, resolved) == getattr(config, resolved):
+                config = default
+        # validate() also wants data to train on; the layout and architecture checks are the point.
+        world_size = config.tensor_model_parallel_size * config.pipeline_model_parallel_size
+        dataclasses.replace(config, mock_data=True).validate(world_size)
+    except ConfigError as error:
+        raise ConversionError(f"cannot import at this layout: {error}") from error
+    return config
+
+
+def _check_weights(weights: SafetensorsWeights, conversion: Conversion) -> None:
+    """Refuse a weight file that lacks a tensor the model needs, or holds one it would drop."""
+    needed = {
+        name
+        for mapping in conversion.mappings(conversion.import_mode)
+        for layer in (range(conversion.config.num_layers) if mapping.per_layer else (None,))
+        for name in mapping.hf_names(layer)
+    }
+    missing = sorted(needed - weights.names())
+    if missing:
+        raise ConversionError(f"{weights.directory}: the weights lack {_first_few(missing)}")
+    unused = sorted(name for name in weights.names() - needed if not conversion.unused_hf_tensor(name))
+    if unused:
+        raise ConversionError(f"{weights.directory}: tensors the conversion has no place for: {_first_few(unused)}")
+
+
+def _first_few(names: list[str], shown: int = 5) -> str:
+    """Up to ``shown`` names, and how many more: a one-line message even for a whole model's worth."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+@contextlib.contextmanager
+def _cuda_hidden() -> Iterator[None]:
+    """The import ranks run on CPU with gloo whatever the machine: a TP x PP layout may need more
+    GPUs than the node has, and copying weights gains nothing from them. Ranks started with the
+    spawn method (on GPU machines) inherit this process's environment at start."""
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous
+
+
+def _run_ranks(
+    hf_model_type: str, config: TrainConfig, vocab_size: int, directory: Path, root: Path, provenance: str
+) -> None:
+    from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
+
+    world_size = config.tensor_model_parallel_size * config.pipeline_model_parallel_size
+    try:
+        run_on_ranks(
+            _write_stage, world_size,
+            args=(hf_model_type, config.to_dict(), vocab_size, str(directory), str(root), provenance),
+            timeout=RANKS_TIMEOUT_S, env={"CUDA_VISIBLE_DEVICES": ""},
+        )
+    except RankFailure as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise ConversionError(f"writing the checkpoint failed: {lines[-1].strip()}") from error
+
+
+def _write_stage(
+    hf_model_type: str, config_values: dict[str, Any], vocab_size: int, directory: str, root: str, provenance: str
+) -> None:
+    """One rank: build this pipeline stage, fill its shards from the HF weights, save (all ranks together)."""
+    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+    from headless_megatron.training.checkpoint import save_checkpoint
+    from headless_megatron.training.loop import build_model_stage
+
+    config = TrainConfig.from_dict(config_values)
+    init_distributed(
+        ParallelLayout(config.tensor_model_parallel_size, config.pipeline_model_parallel_size), seed=config.seed
+    )
+    transformer_config = config.transformer_config(RANKS_BACKEND, on_gpu=False)
+    stage = build_model_stage(config, transformer_config, config.padded_vocab_size(vocab_size), RANKS_BACKEND)
+    conversion = IMPORTABLE[hf_model_type](config, vocab_size)
+    fill_from_hf(stage, conversion.mappings(conversion.import_mode), SafetensorsWeights(directory))
+    common = {"config": config.to_dict(), "consumed_train_samples": 0, "imported_from": provenance}
+    save_checkpoint(root, 0, [stage], None, None, common)
+
+
+@torch.no_grad()
+def fill_from_hf(stage: torch.nn.Module, mappings: list[TensorMapping], read_hf) -> None:
+    """Overwrite every parameter shard of ``stage`` (one pipeline stage, this rank's TP shard) with
+    its part of the Megatron tensor that ``mappings`` build from the HF tensors ``read_hf`` returns.
+
+    The shard geometry is the stage's ``sharded_state_dict()``, the description ``dist_checkpointing``
+    saves and reshards with, so TP splits, SwiGLU halves, stacked layers and the tied embedding copy
+    of the last pipeline stage are all covered the way a checkpoint load would cover them.
+    """
+    from headless_megatron.models.init import _sharded_tensors
+
+    by_key = {mapping.megatron: mapping for mapping in mappings}
+    covered = set()
+    for shard in _sharded_tensors(stage.sharded_state_dict()):
+        if shard.key not in by_key:
+            raise ConversionError(f"{shard.key}: no Hugging Face tensor maps to this parameter")
+        prepend = shard.prepend_axis_num
+        layer = shard.global_offset[0] if prepend else None
+        full = megatron_tensor(by_key[shard.key], read_hf, layer)
+        expected = tuple(shard.global_shape[prepend:])
+        if tuple(full.shape) != expected:
+            raise ConversionError(f"{shard.key}: the Hugging Face tensors give shape {tuple(full.shape)}, "
+                                  f"the model expects {expected}")
+        index = tuple(
+            slice(offset, offset + size) for offset, size in zip(shard.global_offset[prepend:], shard.local_shape)
+        )
+        shard.data.copy_(full[index])
+        covered.add(shard.data.untyped_storage().data_ptr())
+    missed = [name for name, param in stage.named_parameters() if param.untyped_storage().data_ptr() not in covered]
+    if missed:
+        raise ConversionError(f"parameters without a checkpoint shard, not imported: {', '.join(missed)}")

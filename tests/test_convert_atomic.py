@@ -1,0 +1,62 @@
+"""Output directories appear whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from headless_megatron.convert import ConversionError
+from headless_megatron.convert.atomic import atomic_directory
+
+
+def test_the_directory_appears_only_when_the_block_succeeds(tmp_path):
+    output = tmp_path / "nested" / "model"
+    with atomic_directory(output) as staging:
+        (staging / "config.json").write_text("{}")
+        assert not output.exists()
+    assert (output / "config.json").read_text() == "{}"
+    assert [p.name for p in output.parent.iterdir()] == ["model"]
+
+
+def test_a_failure_leaves_nothing_and_keeps_the_previous_output(tmp_path):
+    output = tmp_path / "model"
+    output.mkdir()
+    (output / "old").write_text("kept")
+    with pytest.raises(KeyboardInterrupt), atomic_directory(output, overwrite=True) as staging:
+        (staging / "new").write_text("x")
+        raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert [p.name for p in output.iterdir()] == ["old"]
+
+
+def test_a_non_empty_output_is_refused_unless_overwritten(tmp_path):
+    output = tmp_path / "model"
+    output.mkdir()
+    with atomic_directory(output) as staging:  # an empty directory is fine
+        (staging / "a").write_text("1")
+    with pytest.raises(ConversionError, match=r"model: already exists and is not empty \(--overwrite"), \
+            atomic_directory(output):
+        pytest.fail("the block must not run")
+    with atomic_directory(output, overwrite=True) as staging:
+        (staging / "b").write_text("2")
+    assert [p.name for p in output.iterdir()] == ["b"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConversionError, match="exists and is not a directory"), \
+            atomic_directory(tmp_path / "file", overwrite=True):
+        pass
+
+
+def test_published_files_get_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "model") as staging:
+            private = staging / "weights"
+            private.write_text("x")
+            private.chmod(0o600)  # what safetensors leaves
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "model" / "weights").stat().st_mode) == 0o644

@@ -1,0 +1,225 @@
+"""Export end to end: tiny decoders trained at TP2, PP2 and TP2xPP2 become LlamaForCausalLM models whose
+logits are Megatron's, for a headless model (add_head) and a vanilla one with its own head (lm)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_fixtures import tiny_builtin_dataset
+from headless_megatron.cli import main
+from headless_megatron.config import parse_config
+from headless_megatron.convert import ConversionError
+from headless_megatron.convert.export import export_hf
+from headless_megatron.data.tokenizer import tokenizer_for_dataset
+from headless_megatron.runtime.local_ranks import run_on_ranks
+from headless_megatron.training.loop import pretrain
+
+TINY = "configs/gpt_headless_tiny.yaml"
+LAYOUTS = {  # name: (world size, flags)
+    "tp2": (2, ["--tensor-model-parallel-size", "2"]),
+    "pp2": (2, ["--pipeline-model-parallel-size", "2"]),
+    "tp2_pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
+}
+OBJECTIVES = {  # export mode: the training that gives a checkpoint to export that way
+    "add_head": ["--loss", "cwt"],
+    "lm": ["--loss", "ce", "--untie-embeddings-and-output-weights"],
+}
+VOCAB = 500  # the tokenizer's size; the checkpoints pad it to 512
+TOKENS = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(0))
+LOGITS_TOLERANCE = 1e-4
+
+
+def training_argv(dataset: str, save: Path, *flags: str) -> list[str]:
+    """Three iterations of the tiny recipe with grouped-query attention (4 heads, 2 key/value groups), all
+    documents in the training split (the 79 of python-topics leave Megatron an empty test split)."""
+    return ["--config", TINY, "--data-path", dataset, "--split", "1", "--save", str(save), "--train-iters", "3",
+            "--lr-warmup-iters", "1", "--eval-iters", "0", "--num-workers", "0", "--num-query-groups", "2",
+            "--log-interval", "3", *flags]
+
+
+def pretrain_each(argvs: list[list[str]]) -> None:
+    """On every rank: train one run after the other (one rank start-up for several checkpoints)."""
+    for argv in argvs:
+        pretrain(parse_config(argv))
+
+
+def megatron_logits(save_directories: list[str], tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """On one rank: each checkpoint loaded (resharded to TP1 PP1) into Megatron's GPTModel, as the
+    training loop loads it, and its logits ``[b, s, padded vocabulary]`` for ``tokens``. A headless
+    checkpoint is tied, so GPTModel's logits are hidden states x input embeddings: the add_head LM."""
+    import dataclasses
+
+    from headless_megatron.config import TrainConfig
+    from headless_megatron.data.tokenizer import load_tokenizer, tokenizer_for_dataset
+    from headless_megatron.models.gpt import build_gpt_stage
+    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+    from headless_megatron.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    init_distributed(ParallelLayout())
+    logits = {}
+    for save in save_directories:
+        path = latest_checkpoint(save)
+        saved = TrainConfig.from_dict(torch.load(path / "common.pt", weights_only=True)["config"])
+        config = dataclasses.replace(saved, tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+        tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else tokenizer_for_dataset(config.data_path[0])
+        model = build_gpt_stage(
+            config.transformer_config("local", on_gpu=False), config.padded_vocab_size(tokenizer.vocab_size),
+            config.max_positions, config.seed, position_embedding_type=config.position_embedding_type,
+            share_embeddings_and_output_weights=config.share_embeddings_and_output_weights,
+        )
+        load_checkpoint(path, [model], load_rng=False)
+        model.eval()
+        with torch.no_grad():
+            logits[save] = model(tokens, torch.arange(tokens.shape[1]).expand_as(tokens), None)
+    return logits
+
+
+def hf_logits(directory: Path, tokens: torch.Tensor) -> torch.Tensor:
+    from transformers import LlamaForCausalLM
+
+    model, loading = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32, output_loading_info=True)
+    assert not any(loading.values()), loading  # no missing, unexpected or mismatched tensor
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return tiny_builtin_dataset(tmp_path_factory.mktemp("data"), vocab_size=VOCAB, corpus="python-topics")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(dataset, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """Save directories by (layout, mode), trained by the real loop (each world size started once)."""
+    root = tmp_path_factory.mktemp("runs")
+    runs = {(layout, mode): root / f"{layout}_{mode}" for layout in LAYOUTS for mode in OBJECTIVES}
+    argvs_by_world = defaultdict(list)
+    for (layout, mode), save in runs.items():
+        world, flags = LAYOUTS[layout]
+        argvs_by_world[world].append(training_argv(dataset, save, *flags, *OBJECTIVES[mode]))
+    for world, argvs in argvs_by_world.items():
+        run_on_ranks(pretrain_each, world, args=(argvs,), timeout=900)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def reference_logits(checkpoints) -> dict[str, torch.Tensor]:
+    return run_on_ranks(megatron_logits, 1, args=([str(path) for path in checkpoints.values()], TOKENS), timeout=600)[0]
+
+
+@pytest.mark.parametrize("mode", list(OBJECTIVES))
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_exported_logits_equal_megatron_logits(layout, mode, checkpoints, reference_logits, tmp_path):
+    save = checkpoints[layout, mode]
+    result = export_hf(save, tmp_path / "hf", mode=mode)
+    assert (result.mode, result.iteration, result.vocab_size) == (mode, 3, VOCAB)
+    logits = hf_logits(result.output, TOKENS)
+    expected = reference_logits[str(save)]
+    assert expected.shape[-1] == 512 and logits.shape == (*TOKENS.shape, VOCAB)
+    worst = (logits - expected[..., :VOCAB]).abs().max().item()
+    print(f"{layout} {mode}: max |HF - Megatron| logit difference {worst:.2e}")
+    assert worst <= LOGITS_TOLERANCE
+
+
+def test_command_writes_a_loadable_model_with_tokenizer_and_model_card_and_generates(checkpoints, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    output = tmp_path / "headless"
+    assert main(["export-hf", "--checkpoint", str(checkpoints["tp2_pp2", "add_head"]), "--output", str(output)]) == 0
+    assert "LlamaForCausalLM, mode add_head, iteration 3" in capsys.readouterr().out
+    assert sorted(p.name for p in output.iterdir()) == [
+        "README.md", "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer_config.json",
+    ]
+    config = json.loads((output / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"] is True
+    assert (config["num_key_value_heads"], config["vocab_size"]) == (2, VOCAB)
+    card = (output / "README.md").read_text()
+    for expected in ("Contrastive Weight Tying", "temperature 1.0", "mode `add_head`", "cwt_duplicates: count",
+                     "num_query_groups: 2", "tensor_model_parallel_size: 2", "3 iterations"):
+        assert expected in card, expected
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    model = AutoModelForCausalLM.from_pretrained(output)
+    ids = tokenizer("def fibonacci(n):", return_tensors="pt").input_ids
+    generated = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert generated.shape == (1, ids.shape[1] + 8)
+    assert generated[0, ids.shape[1]] == model(ids).logits[0, -1].argmax()
+    assert isinstance(tokenizer.decode(generated[0]), str) and tokenizer.eos_token_id == config["eos_token_id"]
+
+
+def test_a_chosen_iteration_and_dtype_through_the_tools_script(checkpoints, tmp_path, monkeypatch):
+    import runpy
+
+    output = tmp_path / "bf16"
+    monkeypatch.setattr("sys.argv", ["convert_checkpoint.py", "--checkpoint", str(checkpoints["pp2", "lm"]),
+                                     "--output", str(output), "--iteration", "3", "--dtype", "bfloat16"])
+    with pytest.raises(SystemExit) as exit_status:
+        runpy.run_path("tools/convert_checkpoint.py", run_name="__main__")
+    assert exit_status.value.code == 0
+    assert json.loads((output / "config.json").read_text())["dtype"] == "bfloat16"
+    with pytest.raises(ConversionError, match=r"no iteration 7 \(found: iter_0000003\)"):
+        export_hf(checkpoints["pp2", "lm"], tmp_path / "other", iteration=7)
+
+
+# ---- Checkpoints that cannot be exported: a clear message, nothing written ----
+
+
+def damaged_copy(save: Path, tmp_path: Path, **config_changes) -> Path:
+    """A copy of ``save`` whose saved config has ``config_changes`` (a key set to None is removed)."""
+    copy = tmp_path / "damaged"
+    shutil.copytree(save, copy)
+    if config_changes:
+        common_file = next(copy.glob("iter_*")) / "common.pt"
+        common = torch.load(common_file, weights_only=True)
+        common["config"].update(config_changes)
+        torch.save(common, common_file)
+    return copy
+
+
+def assert_fails_cleanly(argv: list[str], message: str, output: Path, capsys) -> None:
+    assert main(["export-hf", *argv, "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("headless-megatron export-hf: error: ") and error.count("\n") == 1, error
+    assert message in error, error
+    assert not output.exists() and not list(output.parent.glob(f".{output.name}*")), "something was written"
+
+
+def test_incomplete_checkpoints_are_refused(checkpoints, tmp_path, capsys):
+    copy = damaged_copy(checkpoints["tp2_pp2", "lm"], tmp_path)
+    iteration = copy / "iter_0000003"
+    shard = max(iteration.glob("__*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert_fails_cleanly(["--checkpoint", str(copy)], f"incomplete checkpoint: {shard.name} is truncated", tmp_path / "out", capsys)
+    shard.unlink()
+    assert_fails_cleanly(["--checkpoint", str(iteration)], f"incomplete checkpoint: {shard.name} is missing", tmp_path / "out", capsys)
+    (copy / "latest_checkpointed_iteration.txt").write_text("5\n")
+    assert_fails_cleanly(["--checkpoint", str(copy)], "names iteration 5, but", tmp_path / "out", capsys)
+
+
+def test_checkpoints_of_other_models_are_refused(checkpoints, tmp_path, capsys):
+    save = checkpoints["tp2", "add_head"]
+    foreign = damaged_copy(save, tmp_path / "megatron_lm")
+    torch.save({"args": None, "iteration": 3}, foreign / "iter_0000003" / "common.pt")  # Megatron-LM's own trainer
+    assert_fails_cleanly(["--checkpoint", str(foreign)], "not a headless-megatron checkpoint", tmp_path / "out", capsys)
+    encoder = damaged_copy(save, tmp_path / "bert", model="bert")
+    assert_fails_cleanly(["--checkpoint", str(encoder)], "MegatronBert cannot represent normalization RMSNorm, swiglu "
+                         "true, position_embedding_type rope, add_bias_linear false", tmp_path / "out", capsys)
+    layer_norm = damaged_copy(save, tmp_path / "neox", normalization="LayerNorm", swiglu=False)
+    assert_fails_cleanly(["--checkpoint", str(layer_norm)],
+                         "LlamaForCausalLM cannot represent normalization LayerNorm, swiglu false", tmp_path / "out", capsys)
+    assert_fails_cleanly(["--checkpoint", str(save), "--mode", "lm"], "this checkpoint is headless", tmp_path / "out", capsys)
+
+
+def test_a_missing_or_wrong_tokenizer_is_refused(checkpoints, tmp_path, capsys):
+    moved = damaged_copy(checkpoints["tp2", "lm"], tmp_path / "moved", data_path=[str(tmp_path / "gone_text_document")])
+    assert_fails_cleanly(["--checkpoint", str(moved)], "no tokenizer: ", tmp_path / "out", capsys)
+    assert_fails_cleanly(["--checkpoint", str(moved)], "(give one with --tokenizer)", tmp_path / "out", capsys)
+    smaller = tokenizer_for_dataset(tiny_builtin_dataset(tmp_path / "data", vocab_size=300, corpus="python-topics"))
+    assert_fails_cleanly(["--checkpoint", str(moved), "--tokenizer", str(smaller.save(tmp_path / "tokenizer300"))],
+                         "the embedding has 512 rows, but a vocabulary of 300 pads to 384", tmp_path / "out", capsys)

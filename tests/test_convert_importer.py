@@ -1,0 +1,173 @@
+"""Import: a Hugging Face Llama becomes a checkpoint at a chosen layout that Megatron loads with the same
+logits, and exporting it again gives back every tensor exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM
+
+from data_fixtures import tiny_builtin_dataset
+from headless_megatron.cli import main
+from headless_megatron.config import parse_config
+from headless_megatron.convert.export import export_hf
+from headless_megatron.data.tokenizer import tokenizer_for_dataset
+from headless_megatron.runtime.local_ranks import run_on_ranks
+from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, megatron_logits, training_argv
+
+TP2_PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
+
+
+def random_llama(directory, tokenizer, tie: bool) -> None:
+    """A tiny LlamaForCausalLM (grouped-query attention, every weight random, norms included) and its tokenizer."""
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=tie,
+        bos_token_id=None, eos_token_id=tokenizer.eod, pad_token_id=tokenizer.pad,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.1).add_(1.0 if parameter.dim() == 1 else 0.0)
+    model.save_pretrained(directory)
+    tokenizer.save(directory)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return tiny_builtin_dataset(tmp_path_factory.mktemp("data"), VOCAB, "python-topics")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(dataset):
+    return tokenizer_for_dataset(dataset)
+
+
+@pytest.fixture(scope="module")
+def untied_model(tokenizer, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("hf") / "untied"
+    random_llama(directory, tokenizer, tie=False)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def imported(untied_model, tmp_path_factory):
+    """The untied model imported by the command at TP2 x PP2."""
+    output = tmp_path_factory.mktemp("runs") / "from_hf"
+    assert main(["import-hf", "--model", str(untied_model), "--output", str(output), *TP2_PP2]) == 0
+    return output
+
+
+def assert_same_tensors(original_directory, exported_directory) -> None:
+    original = load_file(original_directory / "model.safetensors")
+    exported = load_file(exported_directory / "model.safetensors")
+    assert sorted(exported) == sorted(original)
+    for name, tensor in original.items():
+        assert exported[name].dtype == tensor.dtype and torch.equal(exported[name], tensor), name
+
+
+def test_the_checkpoint_is_a_training_checkpoint_at_the_chosen_layout(imported):
+    assert (imported / "latest_checkpointed_iteration.txt").read_text() == "0\n"
+    assert (imported / "tokenizer" / "tokenizer.json").is_file()
+    iteration = imported / "iter_0000000"
+    assert len(list(iteration.glob("__*.distcp"))) >= 4  # written by 4 ranks
+    common = torch.load(iteration / "common.pt", weights_only=True)
+    config = common["config"]
+    assert (config["tensor_model_parallel_size"], config["pipeline_model_parallel_size"]) == (2, 2)
+    assert (config["num_query_groups"], config["ffn_hidden_size"], config["vocab_size"]) == (2, 96, VOCAB)
+    assert config["untie_embeddings_and_output_weights"] is True and config["loss"] == "ce"
+    assert config["tokenizer"] == str((imported / "tokenizer").resolve())
+    assert common["iteration"] == 0 and common["consumed_train_samples"] == 0
+
+
+def test_megatron_loads_it_with_the_logits_of_the_hf_model(imported, untied_model):
+    expected = LlamaForCausalLM.from_pretrained(untied_model, dtype=torch.float32)(TOKENS).logits.detach()
+    logits = run_on_ranks(megatron_logits, 1, args=([str(imported)], TOKENS), timeout=300)[0][str(imported)]
+    worst = (logits[..., :VOCAB] - expected).abs().max().item()
+    print(f"imported at TP2xPP2: max |Megatron - HF| logit difference {worst:.2e}")
+    assert worst <= LOGITS_TOLERANCE
+    assert not logits[..., VOCAB:].any()  # the padding rows of the output layer are zero
+
+
+def trainer_start_weights(argv: list[str]) -> dict[str, torch.Tensor]:
+    """On one rank: the embedding and output layer a training run starts from."""
+    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+    from headless_megatron.training.loop import Trainer
+
+    config = parse_config(argv)
+    stage = Trainer(config, init_distributed(ParallelLayout(), seed=config.seed)).model.module
+    return {"embedding": stage.embedding.word_embeddings.weight.detach(), "head": stage.output_layer.weight.detach()}
+
+
+def test_fine_tuning_starts_from_the_imported_weights(imported, untied_model, dataset):
+    argv = training_argv(dataset, imported.parent / "finetuned", "--pretrained", str(imported), "--loss", "ce",
+                         "--untie-embeddings-and-output-weights", "--ffn-hidden-size", "96")
+    start = run_on_ranks(trainer_start_weights, 1, args=(argv,), timeout=300)[0]
+    weights = load_file(untied_model / "model.safetensors")
+    assert torch.equal(start["embedding"][:VOCAB], weights["model.embed_tokens.weight"])
+    assert torch.equal(start["head"][:VOCAB], weights["lm_head.weight"])
+
+
+def test_import_then_export_reproduces_every_tensor(imported, untied_model, tmp_path):
+    result = export_hf(imported, tmp_path / "again")
+    assert result.mode == "lm"
+    assert_same_tensors(untied_model, result.output)
+    original, exported = (json.loads((d / "config.json").read_text()) for d in (untied_model, result.output))
+    for key in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "vocab_size", "rms_norm_eps", "rope_parameters", "tie_word_embeddings", "eos_token_id"):
+        assert exported[key] == original[key], key
+
+
+def test_a_tied_model_round_trips_at_the_default_layout(tokenizer, tmp_path):
+    random_llama(tmp_path / "tied", tokenizer, tie=True)
+    assert main(["import-hf", "--model", str(tmp_path / "tied"), "--output", str(tmp_path / "run")]) == 0
+    config = torch.load(tmp_path / "run" / "iter_0000000" / "common.pt", weights_only=True)["config"]
+    assert config["untie_embeddings_and_output_weights"] is False and config["tensor_model_parallel_size"] == 1
+    assert_same_tensors(tmp_path / "tied", export_hf(tmp_path / "run", tmp_path / "again").output)
+
+
+# ---- Models that cannot be imported: a clear message, nothing written ----
+
+
+def assert_fails_cleanly(argv: list[str], message: str, output, capsys) -> None:
+    assert main(["import-hf", *argv, "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("headless-megatron import-hf: error: ") and error.count("\n") == 1, error
+    assert message in error, error
+    assert not output.exists() and not list(output.parent.glob(f".{output.name}*")), "something was written"
+
+
+def test_other_architectures_and_incomplete_directories_are_refused(untied_model, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert_fails_cleanly(["--model", str(tmp_path / "nope")], "no such model directory", output, capsys)
+    gpt2 = tmp_path / "gpt2"
+    GPT2Config().save_pretrained(gpt2)
+    assert_fails_cleanly(["--model", str(gpt2)], "model_type gpt2 cannot be imported; supported: llama, megatron-bert", output, capsys)
+    bare = tmp_path / "bare"
+    LlamaConfig.from_pretrained(untied_model).save_pretrained(bare)
+    assert_fails_cleanly(["--model", str(bare)], "no tokenizer: ", output, capsys)
+    assert_fails_cleanly(["--model", str(bare), "--tokenizer", str(untied_model)], "no model.safetensors", output, capsys)
+
+
+def test_weights_that_do_not_match_the_config_are_refused(untied_model, tmp_path, capsys):
+    output = tmp_path / "out"
+    weights = load_file(untied_model / "model.safetensors")
+    changed = tmp_path / "changed"
+    LlamaConfig.from_pretrained(untied_model).save_pretrained(changed)
+    save_file({name: t for name, t in weights.items() if name != "model.layers.3.mlp.up_proj.weight"},
+              changed / "model.safetensors")
+    argv = ["--model", str(changed), "--tokenizer", str(untied_model)]
+    assert_fails_cleanly(argv, "the weights lack model.layers.3.mlp.up_proj.weight", output, capsys)
+    save_file({**weights, "model.layers.0.self_attn.q_proj.bias": torch.zeros(64)}, changed / "model.safetensors")
+    assert_fails_cleanly(argv, "no place for: model.layers.0.self_attn.q_proj.bias", output, capsys)
+
+
+def test_layouts_the_model_cannot_split_into_are_refused(untied_model, tmp_path, capsys):
+    assert_fails_cleanly(["--model", str(untied_model), "--tensor-model-parallel-size", "4"],
+                         "num_query_groups: 2 is not divisible by tensor_model_parallel_size 4", tmp_path / "out", capsys)
+    assert_fails_cleanly(["--model", str(untied_model), "--pipeline-model-parallel-size", "3"],
+                         "num_layers: 4 is not divisible by pipeline_model_parallel_size 3", tmp_path / "out", capsys)
