@@ -62,6 +62,8 @@ def build_gpt_stage(
     position_embedding_type: str = "rope",
     share_embeddings_and_output_weights: bool = True,
     cwt: CWTOptions | None = None,
+    rotary_base: int = 10000,
+    rotary_percent: float = 1.0,
 ) -> GPTModel:
     """The part of the decoder on this rank's pipeline stage, initialised from ``seed``.
 
@@ -77,6 +79,8 @@ def build_gpt_stage(
         post_process=ps.is_pipeline_last_stage(),
         position_embedding_type=position_embedding_type,
         share_embeddings_and_output_weights=share_embeddings_and_output_weights,
+        rotary_base=rotary_base,
+        rotary_percent=rotary_percent,
     )
     model = HeadlessGPTModel(cwt=cwt, **kwargs) if cwt is not None else GPTModel(**kwargs)
     initialize_layout_independent(model, config, seed)

@@ -224,15 +224,16 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
     return common
 
 
-# What must agree between a pretrained checkpoint and the model that starts from it.
+# What must agree between a pretrained checkpoint and the model that starts from it (resolved
+# values: an unset ffn_hidden_size and its explicit default are the same architecture).
 ARCHITECTURE_KEYS = (
-    "model", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-    "kv_channels", "normalization", "swiglu", "add_bias_linear", "position_embedding_type",
+    "model", "num_layers", "hidden_size", "ffn_size", "num_attention_heads", "query_groups",
+    "head_dim", "normalization", "swiglu", "add_bias_linear", "position_embedding_type",
     "make_vocab_size_divisible_by",
 )
 
 
-def load_pretrained_weights(root: str | Path, model_chunks, config: dict) -> dict:
+def load_pretrained_weights(root: str | Path, model_chunks, config) -> dict:
     """Start ``model_chunks`` from the weights of another run's latest checkpoint under ``root``.
 
     Only the weights are read (no optimizer, scheduler, RNG or iteration). An untied output layer
@@ -246,11 +247,15 @@ def load_pretrained_weights(root: str | Path, model_chunks, config: dict) -> dic
         common = dist_checkpointing.load_common_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same clear error
         raise CheckpointError(f"pretrained: {path} is not a readable torch_dist checkpoint ({type(error).__name__})")
-    saved = common.get("config", {})
+    from headless_megatron.config import TrainConfig
+
+    saved = TrainConfig.from_dict(common["config"])
     for key in ARCHITECTURE_KEYS:
-        if key in saved and saved[key] != config.get(key):
-            raise CheckpointError(f"{key}: {config.get(key)!r} differs from the pretrained checkpoint's {saved[key]!r} ({path})")
-    head_from_embeddings = not saved.get("untie_embeddings_and_output_weights", False)
+        if getattr(saved, key) != getattr(config, key):
+            raise CheckpointError(
+                f"{key}: {getattr(config, key)!r} differs from the pretrained checkpoint's {getattr(saved, key)!r} ({path})"
+            )
+    head_from_embeddings = saved.share_embeddings_and_output_weights
     state = {}
     for index, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{index}"

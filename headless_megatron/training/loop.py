@@ -98,7 +98,9 @@ def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int
     )
     if config.model == "bert":
         return build_bert_stage(transformer_config, project_masked_only=config.mlm_project_masked_only, **common)
-    return build_gpt_stage(transformer_config, **common)
+    return build_gpt_stage(
+        transformer_config, rotary_base=config.rotary_base, rotary_percent=config.rotary_percent, **common
+    )
 
 
 def _loss_func(loss_mask, candidate_products, output):
@@ -237,7 +239,7 @@ class Trainer:
         config = self.config
         path = latest_checkpoint(config.load) if config.load else None
         if path is None and config.pretrained:
-            common = load_pretrained_weights(config.pretrained, [self.model], config.to_dict())
+            common = load_pretrained_weights(config.pretrained, [self.model], config)
             if dist.get_rank() == 0:
                 print(f"starting from the weights of {config.pretrained} (iteration {common['iteration']})", flush=True)
             return 0
