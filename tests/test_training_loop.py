@@ -114,6 +114,8 @@ def test_bad_configs_stop_before_any_work(dataset, tmp_path):
         pretrain(parse_config(["--config", TINY]))
     with pytest.raises(RankFailure, match=r"ConfigError: global_batch_size: 18 is not divisible"):
         train(2, dataset, "--global-batch-size", "18")
+    with pytest.raises(RankFailure, match=r"ConfigError: split: '99990,9,1' leaves the valid split of .* empty"):
+        train(1, dataset, "--split", "99990,9,1", "--eval-iters", "1")  # Megatron would loop forever
     with pytest.raises(RankFailure, match=r"CheckpointError: load: no checkpoint in .*missing"):
         train(1, dataset, "--load", str(tmp_path / "missing"))
     (tmp_path / "broken").mkdir()

@@ -88,8 +88,28 @@ def build_gpt_datasets(config, tokenizer: Tokenizer | None, samples: tuple[int, 
         create_attention_mask=False,
         mid_level_dataset_surplus=0.005,
     )
+    if not config.mock_data:
+        _check_every_split_has_documents(config, dataset_config.split_matrix, samples)
     dataset_class = MockGPTDataset if config.mock_data else GPTDataset
     return BlendedMegatronDatasetBuilder(dataset_class, list(samples), lambda: True, dataset_config).build()
+
+
+def _check_every_split_has_documents(config, split_matrix, samples) -> None:
+    """Refuse a split that would get no document: Megatron's GPTDataset then loops forever
+    looking for enough epochs (megatron-core 0.16.1)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from headless_megatron.config import ConfigError
+
+    for prefix in config.data_blend()[0]:
+        documents = len(IndexedDataset(prefix).document_indices) - 1
+        for name, bounds, wanted in zip(("train", "valid", "test"), split_matrix, samples):
+            # The same rounding as BlendedMegatronDatasetBuilder uses to cut the documents.
+            if wanted and bounds and round(bounds[1] * documents) - round(bounds[0] * documents) <= 0:
+                raise ConfigError(
+                    f"split: {config.split!r} leaves the {name} split of {prefix} ({documents} documents) "
+                    f"empty; give it a larger share{' or set eval_iters 0' if name == 'valid' else ''}"
+                )
 
 
 class _MockTokenizer:
