@@ -22,7 +22,9 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The demo: tokenize the embedded corpus (Python's own documentation) with a BPE tokenizer trained
-# on it, then pretrain the tiny headless GPT on 2 local ranks (tensor + sequence parallel).
+# on it; pretrain the tiny headless GPT on 2 local ranks (tensor + sequence parallel); fine-tune it
+# briefly into a language model (new LM head = its input embeddings); export it to Hugging Face and
+# let transformers continue a prompt.
 DEMO_DATA ?= data/python-docs
 DEMO_RUN ?= runs/demo
 
@@ -30,10 +32,15 @@ demo: install
 	$(BIN)/headless-megatron env
 	$(BIN)/headless-megatron preprocess --input builtin:python-docs --train-tokenizer bpe --vocab-size 4096 \
 		--output-prefix $(DEMO_DATA) --workers 2
-	rm -rf $(DEMO_RUN)
+	rm -rf $(DEMO_RUN) $(DEMO_RUN)-lm $(DEMO_RUN)-hf
 	$(BIN)/headless-megatron pretrain --nproc-per-node 2 --config configs/gpt_headless_tiny.yaml \
 		--data-path $(DEMO_DATA)_text_document --tensor-model-parallel-size 2 --sequence-parallel \
 		--save $(DEMO_RUN)
+	$(BIN)/headless-megatron finetune --config configs/gpt_headless_tiny.yaml --pretrained $(DEMO_RUN) \
+		--data-path $(DEMO_DATA)_text_document --loss ce --untie-embeddings-and-output-weights \
+		--train-iters 50 --lr 1e-3 --lr-warmup-iters 5 --eval-iters 0 --save $(DEMO_RUN)-lm
+	$(BIN)/headless-megatron export-hf --checkpoint $(DEMO_RUN)-lm --output $(DEMO_RUN)-hf --mode lm
+	$(BIN)/headless-megatron generate --model $(DEMO_RUN)-hf --prompt "The Python interpreter" --temperature 0.7
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

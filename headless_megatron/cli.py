@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     ),
     "preprocess": ("headless_megatron.commands.preprocess", "text corpora -> Megatron .bin/.idx datasets"),
     "bench": ("headless_megatron.commands.bench", "benchmarks that print a table (bench loss | train | preprocess)"),
+    "generate": ("headless_megatron.commands.generate", "continue a prompt with an exported decoder (transformers)"),
     "export-hf": (
         "headless_megatron.commands.export_hf",
         "checkpoint -> Hugging Face model directory (LlamaForCausalLM, MegatronBert), tokenizer, model card",

@@ -1,0 +1,35 @@
+"""``headless-megatron generate --model HF_DIR --prompt TEXT``: continue a prompt with an exported
+decoder through ``transformers`` (the check that an export is a working language model)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="a Hugging Face model directory (e.g. from export-hf)")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    if not (Path(args.model) / "config.json").is_file():
+        print(f"headless-megatron generate: error: --model {args.model}: no config.json (not a model directory)",
+              file=sys.stderr)
+        return 2
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    inputs = tokenizer(args.prompt, return_tensors="pt")
+    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens,
+                                pad_token_id=tokenizer.pad_token_id, **sampling)
+    print(tokenizer.decode(output[0], skip_special_tokens=True))
+    return 0
