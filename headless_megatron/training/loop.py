@@ -27,7 +27,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
-from headless_megatron.config import TrainConfig
+from headless_megatron.config import ConfigError, TrainConfig
 from headless_megatron.cwt import CWTOptions
 from headless_megatron.data.gpt_dataset import build_gpt_datasets, micro_batches
 from headless_megatron.data.mlm_dataset import Masking, MaskedLMDataset
@@ -73,6 +73,11 @@ def launch_world_size() -> int:
 def pretrain(config: TrainConfig) -> RunSummary:
     """Validate ``config`` for this launch, start the parallel runtime and train."""
     config.validate(launch_world_size())
+    if config.virtual_pipeline_model_parallel_size:
+        raise ConfigError(
+            "virtual_pipeline_model_parallel_size: the interleaved 1F1B schedule is not wired into the loop "
+            "yet (one model chunk per stage); leave it unset"
+        )
     device = init_distributed(
         ParallelLayout(
             config.tensor_model_parallel_size,
