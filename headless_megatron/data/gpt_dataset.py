@@ -21,6 +21,7 @@ from typing import Iterator
 import torch
 
 from headless_megatron.data.tokenizer import Tokenizer
+from headless_megatron.training.signals import ignore_stop_signals
 
 
 class MicroBatchSampler:
@@ -61,6 +62,8 @@ def micro_batches(dataset, consumed_samples: int, micro_batch_size: int, num_wor
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
+        # A stop signal is the rank's to handle: workers would die of it, and the rank with them.
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )
     return iter(loader)
 

@@ -28,6 +28,8 @@ from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
+from headless_megatron.training.signals import stop_signals_deferred
+
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 3.0
 # Read back by the loader of the optimizer state; stored in the checkpoint's metadata.json.
@@ -180,7 +182,8 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
     dist.barrier()
     common = {**common, "iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}
     state = _sharded_state_dict(model_chunks, optimizer, scheduler, common, is_loading=False, with_rng=True)
-    dist_checkpointing.save(state, str(staging), content_metadata=SHARDING_METADATA)
+    with stop_signals_deferred():  # a stop signal during the save must not kill its helper process
+        dist_checkpointing.save(state, str(staging), content_metadata=SHARDING_METADATA)
     dist.barrier()
     if dist.get_rank() == 0:
         if final.exists():  # saving the same iteration again (e.g. after a resume)

@@ -8,6 +8,7 @@ slightly different times and every rank must stop after the same iteration to sa
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
@@ -52,3 +53,28 @@ class StopConditions:
         """Put back the handlers that were there before (the process may go on, e.g. in tests)."""
         for number, handler in self.previous_handlers.items():
             signal.signal(number, handler)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def ignore_stop_signals(_worker_id: int | None = None) -> None:
+    """For helper processes (DataLoader workers): SLURM signals every process of a job step, and
+    only the rank itself should act on a stop signal."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def stop_signals_deferred():
+    """Block the stop signals while the body runs; they are delivered (and recorded) afterwards.
+
+    Processes started meanwhile inherit the blocked mask and so are not killed by the stop signal
+    SLURM sends to every process of a step: Megatron's checkpoint writer starts its helper process
+    during the first save and keeps it for the following ones.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
