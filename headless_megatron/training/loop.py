@@ -85,6 +85,7 @@ def pretrain(config: TrainConfig) -> RunSummary:
             config.virtual_pipeline_model_parallel_size,
         ),
         seed=config.seed,
+        timeout_minutes=config.distributed_timeout_minutes,
     )
     return Trainer(config, device).train()
 
