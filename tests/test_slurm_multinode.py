@@ -82,16 +82,24 @@ def test_two_nodes_train_tp_within_and_dp_across_nodes_with_the_losses_of_one_no
 
 
 def rank_processes(cluster, node) -> list[int]:
-    """The trainer processes (ranks) running on ``node``."""
-    ranks = []
-    for pid in cluster.processes_on(node):
+    """The trainer processes (ranks, not their DataLoader workers) running on ``node``, by rank."""
+    def trainer(pid) -> bool:
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except FileNotFoundError:
-            continue
-        if b"headless_megatron" in command and b"torch.distributed.run" not in command:
-            ranks.append(pid)
-    return ranks
+            return False
+        return b"headless_megatron" in command and b"torch.distributed.run" not in command
+
+    def parent(pid) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    ranks = [pid for pid in cluster.processes_on(node) if trainer(pid) and not trainer(parent(pid))]
+    return sorted(ranks, key=lambda pid: int(environment(pid)["SLURM_PROCID"]))
+
+
+def environment(pid) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(pair.decode().split("=", 1) for pair in pairs if b"=" in pair)
 
 
 def inject_after_a_checkpoint(cluster, job, run_dir, fault) -> float:
@@ -115,19 +123,39 @@ def kill(pids):
 
 
 def stop_the_last(pids):
-    os.kill(max(pids), signal.SIGSTOP)
+    os.kill(pids[-1], signal.SIGSTOP)
 
 
-@pytest.mark.parametrize("fault", [kill, stop_the_last], ids=["node-killed", "rank-stopped"])
+# fault: (the line that names the lost ranks, the longest the step may take to end after it).
+# A killed node: srun sees its tasks die and ends the step at once (--kill-on-bad-exit), naming
+# them. A stopped rank: the others time out in a collective (distributed_timeout_minutes), then
+# take up to 10 s to find and name the silent rank before they exit.
+FAULTS = {
+    kill: ("srun: error: hm-node2: tasks 2-3: Killed", 30),
+    stop_the_last: ("a collective failed ([", FAULT_TIMEOUT_MINUTES * 60 + 40),
+}
+STOPPED_RANK = "lost or hung: rank 3 (hm-node2), silent for 10s"
+
+
+@pytest.mark.parametrize("fault", list(FAULTS), ids=["node-killed", "rank-stopped"])
 def test_a_lost_node_or_hung_rank_fails_the_step_in_bounded_time_and_the_requeued_job_resumes(
         cluster, dataset, one_node, fault, tmp_path):
     job = submit(cluster, tmp_path, dataset,
                  extra=f"--save-interval 2 --distributed-timeout-minutes {FAULT_TIMEOUT_MINUTES}")
-    detected_after = inject_after_a_checkpoint(cluster, job, tmp_path, fault)
-    print(f"{fault.__name__}: the step ended {detected_after:.1f}s after the fault")
+    ended_after = inject_after_a_checkpoint(cluster, job, tmp_path, fault)
+    said, bound = FAULTS[fault]
+    text = log(tmp_path)
+    print(f"{fault.__name__}: the step ended {ended_after:.1f}s after the fault")
+    assert ended_after < bound and said in text, f"{ended_after:.0f}s\n{text}"
+    if fault is stop_the_last:
+        for survivor in (0, 1, 2):
+            assert f"rank {survivor}: a collective failed ([" in text, text
+        assert text.count(STOPPED_RANK) == 3, text
     restart_when_requeued(cluster, job, tmp_path)
     info = wait_until_done(cluster, job, tmp_path)
     text = log(tmp_path)
-    print(text)
-    assert info["Restarts"] == "1" and tracker(tmp_path) == ITERS
+    resumed_from = int(text.split("attempt 2 on 2 node(s) x 2 rank(s), launcher srun: iteration ")[1].split()[0])
+    print(f"{fault.__name__}: resumed from iteration {resumed_from}; "
+          f"{len(metrics(tmp_path)) - ITERS} iteration(s) trained twice")
+    assert resumed_from >= 2 and info["Restarts"] == "1" and tracker(tmp_path) == ITERS
     assert_losses_close(losses(tmp_path), one_node, 1e-6, f"{fault.__name__} + requeued vs uninterrupted")
