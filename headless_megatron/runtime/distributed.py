@@ -3,6 +3,8 @@
 A process learns its place from the environment: torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``
 (plus ``MASTER_ADDR``/``MASTER_PORT``), or, when started directly by ``srun`` with one task per GPU,
 from ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``. With neither, it is a single rank.
+Collectives give up after ``timeout_minutes`` (``distributed_timeout_minutes``), and
+:func:`naming_lost_ranks` then says which ranks were lost (docs/faults.md).
 """
 
 from __future__ import annotations
