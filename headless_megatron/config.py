@@ -168,7 +168,13 @@ class TrainConfig:
     """Overlap the data-parallel gradient reduction with the backward pass."""
     overlap_param_gather: bool = False
     """Overlap the distributed optimizer's parameter all-gather with the next forward pass
-    (needs use_distributed_optimizer and overlap_grad_reduce)."""
+    (needs use_distributed_optimizer and overlap_grad_reduce; not with pipeline parallelism and
+    tied embeddings, see docs/architecture.md)."""
+    distributed_timeout_minutes: float = 10
+    """How long a rank waits in a collective (and for the others at start-up) before it gives up
+    with an error: the bound on how long a job hangs when a node dies or a rank stops responding.
+    Fractions are allowed (tests use a few seconds); must cover the slowest checkpoint save or
+    dataset index build, during which the other ranks wait."""
 
     # ---- Training ----
     micro_batch_size: int
@@ -517,6 +523,15 @@ class TrainConfig:
             _fail("min_lr", f"{self.min_lr} is above lr {self.lr}")
         if self.overlap_param_gather and not (self.use_distributed_optimizer and self.overlap_grad_reduce):
             _fail("overlap_param_gather", "needs use_distributed_optimizer and overlap_grad_reduce")
+        # Megatron DDP waits for a parameter's all-gather in the forward pre-hook of the module that
+        # owns it; with loss cwt the last stage's tied copy of the embeddings belongs to an output
+        # layer whose forward never runs, so CWT would read it before its all-gather finished.
+        if self.overlap_param_gather and self.pipeline_model_parallel_size > 1 and self.loss == "cwt":
+            _fail(
+                "overlap_param_gather", "cannot be combined with pipeline_model_parallel_size > 1 and "
+                "loss cwt (the last stage's copy of the embeddings would be read before its all-gather); "
+                "drop --overlap-param-gather"
+            )
         if self.finetune and self.load is None:
             _fail(
                 "finetune", "needs load (the checkpoint whose weights to start from); to start "
@@ -742,7 +757,7 @@ _RANGES = {
     **dict.fromkeys(
         (
             "norm_epsilon", "init_method_std", "cwt_temperature", "initial_loss_scale", "lr",
-            "adam_eps", "exit_duration_in_mins",
+            "adam_eps", "exit_duration_in_mins", "distributed_timeout_minutes",
         ),
         (_is_positive, "a positive number"),
     ),

@@ -195,6 +195,7 @@ def test_a_command_parser_can_host_the_flags():
 @pytest.mark.parametrize("field, value, message", [
     ("num_layers", 0, "num_layers: expected a positive integer, got 0"),
     ("lr", -1.0, "lr: expected a positive number, got -1.0"),
+    ("distributed_timeout_minutes", 0, "distributed_timeout_minutes: expected a positive number, got 0"),
     ("hidden_dropout", 1.0, "hidden_dropout: expected a number in [0, 1), got 1.0"),
     ("model", "gtp", "model: expected one of gpt, bert, got 'gtp' (did you mean 'gpt'?)"),
     ("ckpt_format", "torch", "ckpt_format: expected one of torch_dist, got 'torch'"),
@@ -255,6 +256,8 @@ def test_replace_checks_the_new_values():
     ({"freeze_body": True, "pretrained": "runs/x"}, 1, "freeze_body: trains an output layer only"),
     ({"finetune": True}, 1, "finetune: needs load"),
     ({"overlap_param_gather": True}, 1, "overlap_param_gather: needs use_distributed_optimizer and overlap_grad_reduce"),
+    ({"overlap_param_gather": True, "overlap_grad_reduce": True, "pipeline_model_parallel_size": 2}, 4,
+     "overlap_param_gather: cannot be combined with pipeline_model_parallel_size > 1 and loss cwt"),
     ({"recompute_granularity": "full"}, 1, "recompute_granularity: full needs recompute_method"),
     ({"recompute_method": "uniform"}, 1, "recompute_method: applies only with recompute_granularity full"),
     ({"recompute_granularity": "full", "recompute_method": "block", "recompute_num_layers": 5}, 1,
@@ -276,6 +279,24 @@ def test_a_consistent_layout_validates():
                   num_query_groups=2, global_batch_size=32)
     config.validate(8)
     assert config.data_parallel_size(8) == 2 and config.num_microbatches(8) == 4
+
+
+def test_overlap_param_gather_is_refused_only_where_cwt_reads_the_last_stages_tied_copy():
+    # PP2 x DP2 with the distributed optimizer: CWT reads the last stage's copy of the embeddings
+    # without running the output layer's forward, where Megatron waits for its all-gather.
+    overlapped = dict(overlap_grad_reduce=True, overlap_param_gather=True, use_distributed_optimizer=True)
+    with expect_error("overlap_param_gather: cannot be combined with pipeline_model_parallel_size > 1 and loss cwt"):
+        tiny(loss="cwt", pipeline_model_parallel_size=2, **overlapped).validate(4)
+    tiny(loss="ce", pipeline_model_parallel_size=2, **overlapped).validate(4)  # the output layer's forward runs
+    tiny(loss="cwt", pipeline_model_parallel_size=1, tensor_model_parallel_size=2, **overlapped).validate(4)
+    tiny(loss="cwt", pipeline_model_parallel_size=2, overlap_grad_reduce=True).validate(4)
+
+
+def test_distributed_timeout_minutes_takes_fractions():
+    assert parse_config(["--data-path", "d", "--micro-batch-size", "1", "--global-batch-size", "1",
+                         "--train-iters", "1", "--num-layers", "1", "--hidden-size", "8", "--num-attention-heads", "1",
+                         "--seq-length", "8", "--lr", "1e-3", "--distributed-timeout-minutes", "0.25"]).distributed_timeout_minutes == 0.25
+    assert tiny().distributed_timeout_minutes == 10  # Megatron-LM's default
 
 
 # ---- Derived values ----

@@ -57,3 +57,46 @@ def test_single_process_without_launcher_environment():
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "1"]
+
+
+def _collective_with_a_silent_rank(silent_rank):
+    import contextlib
+    import io
+    import socket
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    from headless_megatron.runtime.distributed import naming_lost_ranks
+
+    init_distributed(timeout_minutes=0.1)  # collectives give up after 6 s
+    if dist.get_rank() == silent_rank:
+        time.sleep(12)  # alive but never reaching the collective: a hung rank
+        return None
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(RuntimeError):
+        with naming_lost_ranks(wait_seconds=2):
+            dist.all_reduce(torch.ones(1))
+    return printed.getvalue().strip(), socket.gethostname()
+
+
+def test_a_failed_collective_names_the_rank_that_did_not_answer_and_its_host():
+    results = run_on_ranks(_collective_with_a_silent_rank, 3, args=(2,), timeout=120)
+    for rank, (line, host) in enumerate(results[:2]):
+        assert line.startswith(f"rank {rank}: a collective failed (")
+        assert line.endswith(f"; lost or hung: rank 2 ({host}), silent for 2s"), line
+
+
+def _error_outside_a_collective():
+    from headless_megatron.runtime.distributed import naming_lost_ranks
+
+    init_distributed()
+    with naming_lost_ranks(wait_seconds=2):
+        raise RuntimeError("not a collective")
+
+
+def test_errors_that_are_not_collective_failures_pass_through_without_a_census(capfd):
+    with pytest.raises(Exception, match="not a collective"):
+        run_on_ranks(_error_outside_a_collective, 2, timeout=60)
+    assert "a collective failed" not in capfd.readouterr().out

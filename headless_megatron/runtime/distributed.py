@@ -3,19 +3,30 @@
 A process learns its place from the environment: torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``
 (plus ``MASTER_ADDR``/``MASTER_PORT``), or, when started directly by ``srun`` with one task per GPU,
 from ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``. With neither, it is a single rank.
+Collectives give up after ``timeout_minutes`` (``distributed_timeout_minutes``), and
+:func:`naming_lost_ranks` then says which ranks were lost (docs/faults.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import multiprocessing
 import os
+import socket
 import subprocess
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from headless_megatron.runtime import cpu
+
+# Keys of the rendezvous store (the TCP store on MASTER_ADDR) that say where each rank runs and,
+# after a failed collective, which ranks are still alive.
+_HOST_KEY = "headless_megatron/host/{rank}"
+_ALIVE_KEY = "headless_megatron/alive/{rank}"
 
 
 @dataclass(frozen=True)
@@ -100,16 +111,78 @@ def init_distributed(
                 timeout=timeout,
             )
     layout.data_parallel_size(dist.get_world_size())
+    if dist.get_world_size() > 1:
+        _store().set(_HOST_KEY.format(rank=dist.get_rank()), socket.gethostname())
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=layout.tensor_model_parallel_size,
         pipeline_model_parallel_size=layout.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=layout.virtual_pipeline_model_parallel_size,
+        distributed_timeout_minutes=timeout_minutes,
     )
     torch.manual_seed(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return device
+
+
+def _store() -> dist.Store:
+    return dist.distributed_c10d._get_default_store()
+
+
+@contextlib.contextmanager
+def naming_lost_ranks(wait_seconds: float = 10.0):
+    """When a collective fails (a peer's connection broke, or ``distributed_timeout_minutes``
+    passed), print which ranks no longer respond before the error ends this rank.
+
+    Torch's error names an address at best, and after a timeout nothing; this asks every rank to
+    check in at the rendezvous store and names, with their hosts, the ones that do not within
+    ``wait_seconds``: the lost node's ranks, or a hung (stopped) rank. Errors that do not come from
+    a collective pass through untouched.
+
+    The run is over then, and this rank's helper processes are killed before the error ends it:
+    DataLoader workers ignore SIGTERM (SLURM's stop signal must not kill them), so the terminate()
+    that multiprocessing sends its children at exit cannot end them, and the rank would wait for
+    them forever instead of exiting.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        if isinstance(error, dist.DistError) or "/gloo/" in str(error):
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                print(f"rank {dist.get_rank()}: a collective failed ({_first_line(error)}); "
+                      f"{_census(wait_seconds)}", flush=True)
+            for child in multiprocessing.active_children():
+                child.kill()
+        raise
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _census(wait_seconds: float) -> str:
+    """Check in at the store and wait for the other ranks to; say who did not."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    store = _store()
+    store.set_timeout(datetime.timedelta(seconds=wait_seconds))
+    try:
+        store.set(_ALIVE_KEY.format(rank=rank), "1")
+        silent = [other for other in range(world) if other != rank]
+        deadline = time.monotonic() + wait_seconds
+        while silent and time.monotonic() < deadline:
+            time.sleep(0.5)
+            silent = [other for other in silent if not store.check([_ALIVE_KEY.format(rank=other)])]
+        hosts = {other: store.get(_HOST_KEY.format(rank=other)).decode() for other in silent}
+    except RuntimeError as error:
+        # The store lives in rank 0 (srun) or in the first node's torchrun: gone with it.
+        return f"the rendezvous store at {os.environ.get('MASTER_ADDR')} does not answer either " \
+               f"({_first_line(error)}): the first node or rank 0 is lost or hung"
+    if not silent:
+        return "every rank is still alive, so no rank was lost"
+    named = ", ".join(f"{other} ({hosts[other]})" for other in silent)
+    return f"lost or hung: rank{'s' if len(silent) > 1 else ''} {named}, silent for {wait_seconds:.0f}s"
 
 
 def destroy_distributed() -> None:

@@ -34,7 +34,7 @@ from headless_megatron.data.mlm_dataset import Masking, MaskedLMDataset
 from headless_megatron.models.bert import build_bert_stage
 from headless_megatron.models.gpt import build_gpt_stage
 from headless_megatron.models.specs import kernel_backend
-from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+from headless_megatron.runtime.distributed import ParallelLayout, init_distributed, naming_lost_ranks
 from headless_megatron.training.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -85,8 +85,10 @@ def pretrain(config: TrainConfig) -> RunSummary:
             config.virtual_pipeline_model_parallel_size,
         ),
         seed=config.seed,
+        timeout_minutes=config.distributed_timeout_minutes,
     )
-    return Trainer(config, device).train()
+    with naming_lost_ranks():
+        return Trainer(config, device).train()
 
 
 def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int, backend: str):
