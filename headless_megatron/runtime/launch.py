@@ -3,11 +3,19 @@
 The command re-runs itself as ``torchrun --standalone --nproc-per-node N -m headless_megatron
 <command> ...`` (without the flag), so one command line works on a laptop, a GPU node and, with
 ``torchrun``/``srun`` written out by the user, on a cluster.
+
+Stop signals are the ranks' to handle (they finish the iteration, save and exit 0): the launcher
+passes SIGTERM and SIGUSR1 on to them instead of letting torchrun's agent turn them into a failure
+(``SignalException``, exit 1, and SIGKILL after 30 s, possibly in the middle of the save). SIGINT
+from a terminal reaches the ranks directly (same process group), so the launcher only waits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
 
 NPROC_FLAG = "--nproc-per-node"
 
@@ -49,9 +57,33 @@ def launch_local_ranks(nproc: int, argv: list[str]) -> int:
     torchrun_args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "-m", "headless_megatron", *argv]
     )
-    try:
-        run(torchrun_args)
-    except Exception as error:  # torchrun's ChildFailedError already printed each rank's error
-        print(f"headless-megatron: {nproc} ranks failed: {type(error).__name__}")
-        return 1
+    # torchrun's agent reads which signals it turns into SignalException from this variable.
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+    with _stop_signals_passed_to_ranks():
+        try:
+            run(torchrun_args)
+        except Exception as error:  # the ranks have printed their own errors
+            failed = getattr(error, "failures", None)
+            count = len(failed) if failed else nproc
+            print(f"headless-megatron: {count} of {nproc} ranks failed ({type(error).__name__})", file=sys.stderr)
+            return 1
     return 0
+
+
+@contextlib.contextmanager
+def _stop_signals_passed_to_ranks():
+    import psutil
+
+    def pass_on(signum, _frame):
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.send_signal(signum)
+
+    previous = {number: signal.signal(number, pass_on) for number in (signal.SIGTERM, signal.SIGUSR1)}
+    # A handler, not SIG_IGN, which the ranks would inherit.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, lambda _signum, _frame: None)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
