@@ -38,7 +38,7 @@ class FaultResult:
     def error_lines(self) -> list[str]:
         """The distinct lines on stderr, without the warnings libraries print at import."""
         lines = [line for line in self.stderr.splitlines() if line.strip()]
-        noise = ("Warning", "warnings.warn", "warn(", "W1201", "[W", "WARNING", "torch.distributed.run")
+        noise = ("Warning:", "warnings.warn(")
         return sorted({line for line in lines if not any(mark in line for mark in noise)})
 
 
@@ -50,6 +50,7 @@ class FaultRun:
         paths = [str(INJECTION), str(REPOSITORY), environment.get("PYTHONPATH", "")]
         environment["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         environment.pop("HM_FAULT", None)
+        self.fault = fault
         if fault:
             environment["HM_FAULT"] = fault
         environment.setdefault("OMP_NUM_THREADS", "1")
@@ -103,7 +104,22 @@ class FaultRun:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        return FaultResult(code, self.stdout_path.read_text(), self.stderr_path.read_text(), seconds, leftovers)
+        result = FaultResult(code, self.stdout_path.read_text(), self.stderr_path.read_text(), seconds, leftovers)
+        self._record(result)
+        return result
+
+    def _record(self, result: FaultResult) -> None:
+        """With ``HM_FAULT_RECORD=FILE``, append the outcome as a JSON line: the figures of docs/faults.md."""
+        record_file = os.environ.get("HM_FAULT_RECORD")
+        if record_file:
+            import json
+
+            with open(record_file, "a") as stream:
+                stream.write(json.dumps({
+                    "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+                    "fault": self.fault, "exit": result.code, "seconds": round(result.seconds, 1),
+                    "leftovers": len(result.leftovers), "last_line": (result.error_lines or [""])[-1][:200],
+                }) + "\n")
 
 
 def pretrain_argv(dataset: str, save: Path | None, *flags: str, nproc: int = 1, iters: int = 12) -> list[str]:

@@ -13,6 +13,7 @@ from a terminal reaches the ranks directly (same process group), so the launcher
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -43,8 +44,24 @@ def split_nproc_flag(argv: list[str]) -> tuple[int | None, list[str]]:
     return nproc, rest
 
 
+# Commands that work in one process (several would race on one output): they refuse the flag.
+SINGLE_PROCESS_COMMANDS = {
+    "preprocess": "use --workers N to tokenize in parallel",
+    "generate": "it runs in one process",
+    "export-hf": "it reads any layout in one process",
+    "import-hf": "give the layout with --tensor-model-parallel-size and --pipeline-model-parallel-size",
+    "eval": "it runs in one process",
+    "report": "it runs in one process",
+    "env": "it runs in one process",
+}
+
+
 def launch_local_ranks(nproc: int, argv: list[str]) -> int:
     """Run ``python -m headless_megatron *argv`` on ``nproc`` local ranks; return the exit code."""
+    if argv and argv[0] in SINGLE_PROCESS_COMMANDS:
+        print(f"headless-megatron {argv[0]}: error: {NPROC_FLAG}: {argv[0]} does not run on ranks; "
+              f"{SINGLE_PROCESS_COMMANDS[argv[0]]}", file=sys.stderr)
+        return 2
     from torch.distributed.run import get_args_parser, run
 
     if "RANK" in os.environ:
@@ -59,14 +76,19 @@ def launch_local_ranks(nproc: int, argv: list[str]) -> int:
     )
     # torchrun's agent reads which signals it turns into SignalException from this variable.
     os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+    # The ranks print their own errors; torchrun's log lines about them would bury those.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     with _stop_signals_passed_to_ranks():
         try:
             run(torchrun_args)
-        except Exception as error:  # the ranks have printed their own errors
-            failed = getattr(error, "failures", None)
-            count = len(failed) if failed else nproc
-            print(f"headless-megatron: {count} of {nproc} ranks failed ({type(error).__name__})", file=sys.stderr)
-            return 1
+        except Exception as error:
+            failures = getattr(error, "failures", None) or {}
+            codes = sorted({failure.exitcode for failure in failures.values()})
+            ranks = ", ".join(map(str, sorted(failures))) or "?"
+            print(f"headless-megatron: rank {ranks} of {nproc} failed (exit code {', '.join(map(str, codes)) or '?'})",
+                  file=sys.stderr)
+            # A bad-input error (2) on every failed rank stays the command's exit code.
+            return codes[0] if len(codes) == 1 and codes[0] > 0 else 1
     return 0
 
 
