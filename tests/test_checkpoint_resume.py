@@ -18,9 +18,9 @@ from test_training_loop import assert_losses_close, train
 
 @pytest.fixture(scope="module")
 def saved_run(dataset, tmp_path_factory):
-    """A run of 20 iterations saved at 10 and 20, and the losses of the same run continued to 30."""
+    """A run of 30 iterations stopped at 20, saved at 10 and 20, and the losses of the whole run."""
     directory = tmp_path_factory.mktemp("saved")
-    train(1, dataset, "--save", str(directory / "run"), "--save-interval", "10", iters=20)
+    train(1, dataset, "--save", str(directory / "run"), "--save-interval", "10", "--exit-interval", "20", iters=30)
     full = train(1, dataset, iters=30)
     return directory / "run", full.losses
 
@@ -66,7 +66,7 @@ def test_without_a_tracker_a_truncated_newest_checkpoint_is_passed_over(saved_ru
     run = copy_of(saved_run[0], tmp_path)
     (run / TRACKER_FILE).unlink()
     truncate_largest_shard(run / "iter_0000020")
-    resumed = train(1, dataset, "--load", str(run), "--save", str(tmp_path / "next"), iters=12)
+    resumed = train(1, dataset, "--load", str(run), "--save", str(tmp_path / "next"), "--exit-interval", "12", iters=30)
     assert resumed.iterations == 12 and len(resumed.losses) == 2  # from 10
 
 
@@ -79,7 +79,8 @@ def test_a_truncated_shard_of_the_latest_checkpoint_is_named_and_the_fallback_fl
             r"\d+ bytes\); resume from the previous complete checkpoint with --load-fallback")):
         train(1, dataset, "--load", str(run), "--save", str(run), iters=30)
     assert not (run / "iter_0000030").exists()
-    resumed = train(1, dataset, "--load", str(run), "--save", str(run), "--load-fallback", iters=12)
+    resumed = train(1, dataset, "--load", str(run), "--save", str(run), "--load-fallback", "--exit-interval", "12",
+                    iters=30)
     assert resumed.iterations == 12 and len(resumed.losses) == 2
     assert_losses_close(resumed.losses, saved_run[1][10:12], 1e-6, "fallen back to iteration 10")
 
@@ -105,12 +106,13 @@ def test_resuming_with_another_model_shape_is_one_line(saved_run, dataset, tmp_p
 def test_load_equal_to_save_without_a_checkpoint_says_it_starts_fresh_and_wandb_keeps_its_run_id(dataset, tmp_path):
     save = tmp_path / "run"
     flags = ("--load", str(save), "--wandb-project", "faults", "--wandb-mode", "offline")
-    first = FaultRun(pretrain_argv(dataset, save, *flags, iters=2), tmp_path / "first").finish(timeout=120)
+    first = FaultRun(pretrain_argv(dataset, save, *flags, "--exit-interval", "3", iters=6),
+                     tmp_path / "first").finish(timeout=120)
     assert first.code == 0, first.stderr[-3000:]
     assert f"load: no checkpoint in {save} yet; starting from iteration 0" in first.stdout
     run_id = (save / "wandb_run_id.txt").read_text().strip()
-    second = FaultRun(pretrain_argv(dataset, save, *flags, iters=4), tmp_path / "second").finish(timeout=120)
-    assert second.code == 0 and f"loaded {save / 'iter_0000002'} (iteration 2)" in second.stdout, second.stderr[-3000:]
+    second = FaultRun(pretrain_argv(dataset, save, *flags, iters=6), tmp_path / "second").finish(timeout=120)
+    assert second.code == 0 and f"loaded {save / 'iter_0000003'} (iteration 3)" in second.stdout, second.stderr[-3000:]
     assert (save / "wandb_run_id.txt").read_text().strip() == run_id
     runs = sorted(path.name for path in (save / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(name.endswith(f"-{run_id}") for name in runs), runs

@@ -157,6 +157,7 @@ def evaluate_lm(
     ``limit``: at most this many documents per task (a fraction of each task when below 1), as the
     harness's ``--limit``, for quick checks: such scores are not comparable with published ones.
     """
+    check_model_path(model)  # before the harness's imports (seconds)
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM

@@ -306,7 +306,9 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
     try:
         loaded = dist_checkpointing.load(state, str(path))
     except Exception as error:  # noqa: BLE001 - a shape or key mismatch, or damaged data
-        raise CheckpointError(f"{path}: cannot be loaded into this model: {_first_line(error)}") from error
+        from headless_megatron.convert.checkpoint_reader import _root_cause
+
+        raise CheckpointError(f"{path}: cannot be loaded into this model: {_first_line(_root_cause(error))}") from error
     for index, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{index}"
         _unwrap(chunk).load_state_dict(loaded[key])
