@@ -303,9 +303,11 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
     )
     with_rng = load_rng and same_layout  # RNG streams belong to (PP, TP) ranks; they do not reshard
     state = _sharded_state_dict(model_chunks, optimizer, scheduler, {}, is_loading=True, with_rng=with_rng)
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
     try:
         loaded = dist_checkpointing.load(state, str(path))
-    except Exception as error:  # noqa: BLE001 - a shape or key mismatch, or damaged data
+    except (Exception, CheckpointException) as error:  # noqa: BLE001 - a shape or key mismatch, or damaged data
         from headless_megatron.convert.checkpoint_reader import _root_cause
 
         raise CheckpointError(f"{path}: cannot be loaded into this model: {_first_line(_root_cause(error))}") from error
