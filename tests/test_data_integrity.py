@@ -9,11 +9,11 @@ from test_training_loop import train
 
 def test_a_dataset_preprocessed_again_under_the_same_prefix_gets_fresh_indices(dataset, tmp_path):
     prefix = small_dataset(dataset, tmp_path / "data", 400)
-    first = train(1, prefix, iters=2)
+    first = train(1, prefix, iters=3)
     caches = sorted(p.name for p in (tmp_path / "data" / "small_text_document" / "cache").iterdir())
     # preprocess again into the same prefix, now a much smaller corpus: the old indices point past its end.
     assert small_dataset(dataset, tmp_path / "data", 40) == prefix
-    second = train(1, prefix, iters=2)
-    assert len(second.losses) == 2 and len(first.losses) == 2
+    second = train(1, prefix, iters=3)
+    assert len(second.losses) == 3 and len(first.losses) == 3
     after = sorted(p.name for p in (tmp_path / "data" / "small_text_document" / "cache").iterdir())
     assert len(caches) == 1 and len(after) == 2 and caches[0] in after

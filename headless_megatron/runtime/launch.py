@@ -87,8 +87,10 @@ def launch_local_ranks(nproc: int, argv: list[str]) -> int:
             ranks = ", ".join(map(str, sorted(failures))) or "?"
             print(f"headless-megatron: rank {ranks} of {nproc} failed (exit code {', '.join(map(str, codes)) or '?'})",
                   file=sys.stderr)
-            # A bad-input error (2) on every failed rank stays the command's exit code.
-            return codes[0] if len(codes) == 1 and codes[0] > 0 else 1
+            # A bad-input error (2) stays the command's exit code; ranks that torchrun stopped
+            # because of it (SIGTERM, -15) say nothing more.
+            exited = {code for code in codes if code > 0}
+            return exited.pop() if len(exited) == 1 else 1
     return 0
 
 
