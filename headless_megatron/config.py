@@ -264,8 +264,13 @@ class TrainConfig:
     """Directory to save checkpoints to (one iter_NNNNNNN folder per save). None: no checkpoints."""
     load: str | None = None
     """Directory to resume from: its latest checkpoint, with optimizer, scheduler, RNG and
-    iteration. A missing or empty directory starts a fresh run, so save and load can be the same
-    directory for preemptible jobs."""
+    iteration. Equal to save, a missing or empty directory starts a fresh run (with a line saying
+    so), so preemptible jobs resume from their own saves; any other directory without a checkpoint
+    is an error. Without a latest_checkpointed_iteration.txt, the newest complete iter_NNNNNNN is
+    loaded."""
+    load_fallback: bool = False
+    """When the latest checkpoint under load is incomplete (a truncated or missing shard), resume
+    from the newest complete earlier one instead of stopping with an error."""
     save_interval: int | None = None
     """Save every this many iterations (and at the end of training, and on exit). None: only at
     the end and on exit."""
@@ -975,6 +980,8 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the config file ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a YAML text file (byte {error.start} is not UTF-8)") from None
     try:
         values = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         return _checked_mapping(values, "key")

@@ -83,12 +83,7 @@ def test_a_rank_killed_while_saving_leaves_the_previous_checkpoint_which_the_res
 
 # slurmstepd signals every process of a job step (scancel --signal, --signal=USR1@120, and SIGTERM
 # on scancel, time limit or preemption): the ranks and every process they started.
-@pytest.mark.parametrize("name", [
-    "SIGUSR1",
-    pytest.param("SIGTERM", marks=pytest.mark.skip(
-        reason="known issue: with SIGTERM sent to every process of both ranks (slurmstepd's scancel/time-limit "
-               "behaviour) the run hangs after the stop instead of exiting; under investigation")),
-])
+@pytest.mark.parametrize("name", ["SIGUSR1", "SIGTERM"])
 def test_a_stop_signal_to_every_process_of_the_ranks_still_saves(name, dataset, tmp_path):
     run, output = tmp_path / "run", tmp_path / "output.txt"
     command = [sys.executable, "-m", "headless_megatron", "pretrain", "--nproc-per-node", "2", "--config", TINY,

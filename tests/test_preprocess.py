@@ -62,7 +62,7 @@ def test_every_document_decodes_back_to_its_text_and_counts_match_the_sidecar(py
         assert tokenizer.detokenize(ids[:-1]) == text
     assert info.source == {"inputs": ["builtin:python-docs"], "shard": None,
                            "text_bytes": sum(len(text.encode()) for text in documents),
-                           "skipped": {"empty": 0, "invalid_utf8": 0}}
+                           "skipped": {"empty": 0, "invalid_utf8": 0, "no_text_key": 0}}
     assert info.tokenizer["path"] == "python-docs-bpe512_tokenizer"
 
 
@@ -140,9 +140,9 @@ def test_empty_and_whitespace_documents_are_counted_skips(topics_tokenizer, tmp_
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
     assert _preprocess("--input", tmp_path / "a.jsonl", "--tokenizer", topics_tokenizer, "--output-prefix", tmp_path / "out",
                        "--cache-dir", tmp_path / "cache") == 0
-    assert capsys.readouterr().out.rstrip().endswith("; skipped 3 (empty 3)")
+    assert capsys.readouterr().out.rstrip().endswith("; skipped 3 (empty 2, no text (field missing or null) 1)")
     info = read_sidecar(tmp_path / "out_text_document.json")
-    assert info.documents == 2 and info.source["skipped"] == {"empty": 3, "invalid_utf8": 0}
+    assert info.documents == 2 and info.source["skipped"] == {"empty": 2, "invalid_utf8": 0, "no_text_key": 1}
     tokenizer = tokenizer_for_dataset(tmp_path / "out_text_document")
     dataset = IndexedDataset(str(tmp_path / "out_text_document"))
     assert [tokenizer.detokenize(dataset[i][:-1]) for i in range(2)] == ["A real document.", "Another one."]
@@ -154,7 +154,7 @@ def test_text_that_is_not_valid_unicode_is_a_counted_skip(topics_tokenizer, tmp_
     texts = ["fine", "lone \udc80 surrogate", "also fine"]
     corpus = Corpus("python strings", ["python strings"], "text", 3, lambda: iter(texts))
     summary = build_dataset(corpus, load_tokenizer(topics_tokenizer), DatasetPaths(tmp_path / "p"), progress=False)
-    assert (summary.documents, summary.skipped) == (2, {"empty": 0, "invalid_utf8": 1})
+    assert (summary.documents, summary.skipped) == (2, {"empty": 0, "invalid_utf8": 1, "no_text_key": 0})
     assert summary.line().endswith("; skipped 1 (invalid UTF-8 1)")
 
 
@@ -170,6 +170,10 @@ BAD_INPUTS = {
                       "--input {dir}/a.txt: invalid UTF-8 at byte 14; convert the file to UTF-8"),
     "not text": ([("a.jsonl", '{"text": "x"}\n{"text": 12}\n')], ["--input", "{dir}/a.jsonl"],
                  "--text-key text: record 1 of {dir}/a.jsonl holds int '12', expected text"),
+    "record without the text, --strict": ([("a.jsonl", '{"text": "x"}\n{"body": "y"}\n')],
+                                          ["--input", "{dir}/a.jsonl", "--strict"],
+                                          "--text-key text: record 1 of {dir}/a.jsonl has no text (the field is missing "
+                                          "or null; drop --strict to skip such records)"),
     "dtype too small": ([("a.jsonl", '{"text": "x"}\n')], ["--input", "{dir}/a.jsonl", "--dtype", "uint8"],
                         "--dtype uint8: the tokenizer has 400 ids, more than uint8 holds (256); choose a wider dtype or --dtype auto"),
 }
@@ -185,6 +189,24 @@ def test_bad_input_is_a_one_line_error_and_leaves_no_output(case, topics_tokeniz
                        "--cache-dir", tmp_path / "cache") == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"headless-megatron preprocess: error: {message.format(dir=tmp_path)}"
     assert _outputs(tmp_path) == (["cache"] if (tmp_path / "cache").exists() else [])
+
+
+def test_an_output_prefix_under_a_file_is_refused_before_the_tokenizer_loads(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert _preprocess("--input", "builtin:python-topics", "--tokenizer", tmp_path / "no-such-tokenizer",
+                       "--output-prefix", tmp_path / "file" / "sub" / "out") == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"headless-megatron preprocess: error: --output-prefix {tmp_path}/file/sub/out: {tmp_path}/file is a file, "
+        "not a directory")
+
+
+def test_preprocess_refuses_to_run_on_several_ranks(tmp_path, capsys):
+    assert main(["preprocess", "--nproc-per-node", "2", "--input", "builtin:python-topics",
+                 "--output-prefix", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "headless-megatron preprocess: error: --nproc-per-node: preprocess does not run on ranks; use --workers N "
+        "to tokenize in parallel")
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_bad_input_with_a_trained_tokenizer_leaves_no_tokenizer_behind(tmp_path, capsys):

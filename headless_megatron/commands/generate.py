@@ -16,9 +16,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    problem = None
     if not (Path(args.model) / "config.json").is_file():
-        print(f"headless-megatron generate: error: --model {args.model}: no config.json (not a model directory)",
-              file=sys.stderr)
+        problem = f"--model {args.model}: no config.json (not a model directory)"
+    elif not args.prompt:
+        problem = "--prompt: expected some text to continue, got an empty prompt"
+    elif args.max_new_tokens < 1:
+        problem = f"--max-new-tokens {args.max_new_tokens}: expected a positive number of tokens"
+    elif args.temperature < 0:
+        problem = f"--temperature {args.temperature}: expected 0 (greedy) or a positive temperature"
+    if problem:
+        print(f"headless-megatron generate: error: {problem}", file=sys.stderr)
         return 2
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

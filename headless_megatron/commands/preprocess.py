@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="preprocess part I of N (from 0) into P-0000I-of-0000N_...; then --merge")
     scale.add_argument("--merge", action="store_true", help="merge the --shard outputs of --output-prefix into P_...")
     scale.add_argument("--quiet", action="store_true", help="no progress bar (the summary line is still printed)")
+    source.add_argument("--strict", action="store_true",
+                        help="refuse records without the --text-key field instead of skipping and counting them")
 
 
 def run(args) -> int:
@@ -116,7 +118,7 @@ def _run(args) -> int:
         return 0
     summary = build_dataset(
         corpus, tokenizer, shard_paths(paths, shard) if shard else paths, dtype=args.dtype, workers=args.workers,
-        shard=shard, command=_command_line(), progress=not args.quiet,
+        shard=shard, command=_command_line(), progress=not args.quiet, strict=args.strict,
     )
     print(f"preprocess: wrote {summary.line()}")
     return 0
@@ -132,6 +134,7 @@ def _check_usage(args) -> None:
         return
     if not args.input:
         raise DataError("--input is required (or --merge)")
+    _check_output_prefix(args.output_prefix)
     if args.shard and args.train_tokenizer:
         raise DataError(
             "--shard with --train-tokenizer would train a different tokenizer per shard: train it once with "
@@ -139,6 +142,18 @@ def _check_usage(args) -> None:
         )
     if args.shard and args.tokenizer_only:
         raise DataError("--tokenizer-only writes one tokenizer for every shard: drop --shard")
+
+
+def _check_output_prefix(prefix: str) -> None:
+    """Before the corpus and the tokenizer are loaded: the outputs' directory can be created and written."""
+    directory = Path(prefix).expanduser().absolute().parent
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(f"--output-prefix {prefix}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"--output-prefix {prefix}: cannot write in {existing} (permission denied)")
 
 
 def _positive_int(text: str) -> int:

@@ -16,6 +16,7 @@ consumed.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -82,7 +83,7 @@ def build_gpt_datasets(config, tokenizer: Tokenizer | None, samples: tuple[int, 
         sequence_length=config.seq_length,
         blend=blend,
         split=config.split,
-        path_to_cache=config.data_cache_path,
+        path_to_cache=None if config.mock_data else _index_cache_directory(config),
         tokenizer=tokenizer if tokenizer is not None else _MockTokenizer(config.vocab_size),
         reset_position_ids=False,
         reset_attention_mask=False,
@@ -92,9 +93,82 @@ def build_gpt_datasets(config, tokenizer: Tokenizer | None, samples: tuple[int, 
         mid_level_dataset_surplus=0.005,
     )
     if not config.mock_data:
+        for prefix in blend[0]:
+            check_indexed_dataset(prefix)
         _check_every_split_has_documents(config, dataset_config.split_matrix, samples)
+        # A split nobody reads is not built: Megatron's GPTDataset loops forever over an empty one
+        # even when asked for 0 samples (megatron-core 0.16.1), e.g. the 1% test split of a small corpus.
+        dataset_config.split_matrix = [
+            bounds if wanted else None for bounds, wanted in zip(dataset_config.split_matrix, samples)
+        ]
     dataset_class = MockGPTDataset if config.mock_data else GPTDataset
     return BlendedMegatronDatasetBuilder(dataset_class, list(samples), lambda: True, dataset_config).build()
+
+
+def check_indexed_dataset(prefix: str) -> None:
+    """Raise a one-line :class:`DataError` naming the file when ``prefix``'s ``.bin``/``.idx`` are
+    missing, unreadable or disagree (one cut short, or rewritten without the other)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from headless_megatron.data.errors import DataError, first_line
+
+    for suffix in (".idx", ".bin"):
+        if not Path(prefix + suffix).is_file():
+            raise DataError(f"data_path: {prefix}{suffix} does not exist (give the prefix preprocess printed)")
+    problem = _index_size_problem(Path(prefix + ".idx"))
+    if problem:
+        raise DataError(f"{prefix}.idx: not a readable Megatron index, truncated or damaged ({problem})")
+    try:
+        index = IndexedDataset(prefix).index
+    except Exception as error:  # noqa: BLE001 - numpy and struct errors of a damaged index alike
+        raise DataError(f"{prefix}.idx: not a readable Megatron index, truncated or damaged ({first_line(error)})")
+    expected = 0
+    if len(index.sequence_lengths):
+        expected = int(index.sequence_pointers[-1]) + int(index.sequence_lengths[-1]) * index.dtype_size
+    actual = Path(prefix + ".bin").stat().st_size
+    if actual != expected:
+        raise DataError(
+            f"{prefix}.bin: {actual} bytes, but its .idx describes {expected}: one of them is truncated or "
+            "was rewritten without the other; preprocess the corpus again"
+        )
+
+
+def _index_size_problem(path: Path) -> str | None:
+    """Why the ``.idx`` at ``path`` cannot be whole, from its header (Megatron's layout: magic, version,
+    dtype code, sequence and document counts, then int32 lengths, int64 pointers, int64 document
+    indices); checked before Megatron maps it, whose reader fails noisily on a short file."""
+    import struct
+
+    from megatron.core.datasets.indexed_dataset import _INDEX_HEADER
+
+    with path.open("rb") as stream:
+        header = stream.read(34)
+    if len(header) < 34 or header[:9] != _INDEX_HEADER:
+        return f"{len(header)}-byte header" if len(header) < 34 else "no Megatron index header"
+    sequences, documents = struct.unpack("<QQ", header[18:34])
+    expected = 34 + 12 * sequences + 8 * documents
+    actual = path.stat().st_size
+    return None if actual == expected else f"{actual} bytes, its header describes {expected}"
+
+
+def _index_cache_directory(config) -> str:
+    """Where Megatron caches the sample indices of ``config``'s datasets: a folder named after the
+    identity (size, modification time) of every ``.bin``/``.idx``.
+
+    Megatron keys its cache by the dataset path, split and seed only, so indices built for an
+    earlier dataset under the same prefix would be reused for a new one (an ``IndexError``, or
+    samples silently read from the wrong places). Preprocessing writes new files, hence new keys.
+    """
+    import hashlib
+
+    identity = hashlib.sha256()
+    for prefix in config.data_blend()[0]:
+        for suffix in (".bin", ".idx"):
+            path = Path(prefix + suffix)
+            stat = path.stat() if path.exists() else None
+            identity.update(f"{path.resolve()}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}\n".encode())
+    root = config.data_cache_path or str(Path(config.data_blend()[0][0]) / "cache")
+    return str(Path(root) / f"data-{identity.hexdigest()[:16]}")
 
 
 def _check_every_split_has_documents(config, split_matrix, samples) -> None:

@@ -36,7 +36,7 @@ from headless_megatron.data.workers import Batch, TokenizerPool
 
 BATCH_TEXT_BYTES = 128 << 10  # small enough to balance a few MB over the workers
 BATCH_MAX_DOCUMENTS = 1024
-SKIP_REASONS = {"empty": "empty", "invalid_utf8": "invalid UTF-8"}
+SKIP_REASONS = {"empty": "empty", "invalid_utf8": "invalid UTF-8", "no_text_key": "no text (field missing or null)"}
 
 
 @dataclass
@@ -66,11 +66,18 @@ class Summary:
         )
 
 
-def clean_documents(corpus: Corpus, skipped: Counter | None = None) -> Iterator[tuple[str, int]]:
-    """``(text, UTF-8 size)`` of each usable document; the others are counted in ``skipped``."""
+def clean_documents(corpus: Corpus, skipped: Counter | None = None, strict: bool = False) -> Iterator[tuple[str, int]]:
+    """``(text, UTF-8 size)`` of each usable document; the others are counted in ``skipped``
+    (records without the text field refused instead when ``strict``)."""
     skipped = Counter() if skipped is None else skipped
     for number, value in enumerate(corpus.documents()):
-        if value is None or (isinstance(value, str) and (not value or value.isspace())):
+        if value is None:  # the field is absent from this record (datasets fills in None) or null
+            if strict:
+                raise DataError(f"--text-key {corpus.text_key}: record {number} of {corpus.description} has no "
+                                "text (the field is missing or null; drop --strict to skip such records)")
+            skipped["no_text_key"] += 1
+            continue
+        if isinstance(value, str) and (not value or value.isspace()):
             skipped["empty"] += 1
             continue
         if not isinstance(value, str):
@@ -114,8 +121,10 @@ def build_dataset(
     shard: Shard | None = None,
     command: str | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> Summary:
-    """Tokenize ``corpus`` into the dataset at ``paths``; written only if the whole run succeeds."""
+    """Tokenize ``corpus`` into the dataset at ``paths``; written only if the whole run succeeds.
+    Records without the text field are skipped and counted, or refused when ``strict``."""
     from tqdm import tqdm
 
     token_type = token_dtype(dtype, tokenizer.vocab_size)
@@ -130,7 +139,7 @@ def build_dataset(
         bar = tqdm(total=corpus.num_documents, unit="doc", unit_scale=True, desc="tokenizing", disable=not progress,
                    mininterval=0.5, dynamic_ncols=True)
         with bar:
-            for batch, tokenized in pool.map(_batches(clean_documents(corpus, skipped))):
+            for batch, tokenized in pool.map(_batches(clean_documents(corpus, skipped, strict))):
                 writer.add_documents(tokenized.tokens, tokenized.lengths)
                 documents += len(batch.texts)
                 tokens += int(tokenized.lengths.sum())

@@ -67,8 +67,14 @@ def check_model_path(model: str) -> None:
     if path.exists():
         if not (path / "config.json").is_file():
             raise EvaluationError(f"--model {model}: not a Hugging Face model directory (no config.json)")
-    elif looks_like_a_local_path(model) or model.count("/") > 1:
+    elif looks_like_a_local_path(model) or model.count("/") > 1 or _under_a_local_directory(path):
+        # Refused here rather than after the Hub's retries (about a minute offline).
         raise EvaluationError(f"--model {model}: no such directory")
+
+
+def _under_a_local_directory(path: Path) -> bool:
+    """``hf/my-model`` where ``hf/`` is a local directory means a local model, not the Hub's."""
+    return len(path.parts) > 1 and path.parent.is_dir()
 
 
 def load_tokenizer_for_harness(model: str):
@@ -151,6 +157,7 @@ def evaluate_lm(
     ``limit``: at most this many documents per task (a fraction of each task when below 1), as the
     harness's ``--limit``, for quick checks: such scores are not comparable with published ones.
     """
+    check_model_path(model)  # before the harness's imports (seconds)
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM

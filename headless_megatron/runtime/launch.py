@@ -3,11 +3,20 @@
 The command re-runs itself as ``torchrun --standalone --nproc-per-node N -m headless_megatron
 <command> ...`` (without the flag), so one command line works on a laptop, a GPU node and, with
 ``torchrun``/``srun`` written out by the user, on a cluster.
+
+Stop signals are the ranks' to handle (they finish the iteration, save and exit 0): the launcher
+passes SIGTERM and SIGUSR1 on to them instead of letting torchrun's agent turn them into a failure
+(``SignalException``, exit 1, and SIGKILL after 30 s, possibly in the middle of the save). SIGINT
+from a terminal reaches the ranks directly (same process group), so the launcher only waits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
+import sys
 
 NPROC_FLAG = "--nproc-per-node"
 
@@ -35,8 +44,24 @@ def split_nproc_flag(argv: list[str]) -> tuple[int | None, list[str]]:
     return nproc, rest
 
 
+# Commands that work in one process (several would race on one output): they refuse the flag.
+SINGLE_PROCESS_COMMANDS = {
+    "preprocess": "use --workers N to tokenize in parallel",
+    "generate": "it runs in one process",
+    "export-hf": "it reads any layout in one process",
+    "import-hf": "give the layout with --tensor-model-parallel-size and --pipeline-model-parallel-size",
+    "eval": "it runs in one process",
+    "report": "it runs in one process",
+    "env": "it runs in one process",
+}
+
+
 def launch_local_ranks(nproc: int, argv: list[str]) -> int:
     """Run ``python -m headless_megatron *argv`` on ``nproc`` local ranks; return the exit code."""
+    if argv and argv[0] in SINGLE_PROCESS_COMMANDS:
+        print(f"headless-megatron {argv[0]}: error: {NPROC_FLAG}: {argv[0]} does not run on ranks; "
+              f"{SINGLE_PROCESS_COMMANDS[argv[0]]}", file=sys.stderr)
+        return 2
     from torch.distributed.run import get_args_parser, run
 
     if "RANK" in os.environ:
@@ -49,9 +74,40 @@ def launch_local_ranks(nproc: int, argv: list[str]) -> int:
     torchrun_args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "-m", "headless_megatron", *argv]
     )
-    try:
-        run(torchrun_args)
-    except Exception as error:  # torchrun's ChildFailedError already printed each rank's error
-        print(f"headless-megatron: {nproc} ranks failed: {type(error).__name__}")
-        return 1
+    # torchrun's agent reads which signals it turns into SignalException from this variable.
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+    # The ranks print their own errors; torchrun's log lines about them would bury those.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    with _stop_signals_passed_to_ranks():
+        try:
+            run(torchrun_args)
+        except Exception as error:
+            failures = getattr(error, "failures", None) or {}
+            codes = sorted({failure.exitcode for failure in failures.values()})
+            ranks = ", ".join(map(str, sorted(failures))) or "?"
+            print(f"headless-megatron: rank {ranks} of {nproc} failed (exit code {', '.join(map(str, codes)) or '?'})",
+                  file=sys.stderr)
+            # A bad-input error (2) stays the command's exit code; ranks that torchrun stopped
+            # because of it (SIGTERM, -15) say nothing more.
+            exited = {code for code in codes if code > 0}
+            return exited.pop() if len(exited) == 1 else 1
     return 0
+
+
+@contextlib.contextmanager
+def _stop_signals_passed_to_ranks():
+    import psutil
+
+    def pass_on(signum, _frame):
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.send_signal(signum)
+
+    previous = {number: signal.signal(number, pass_on) for number in (signal.SIGTERM, signal.SIGUSR1)}
+    # A handler, not SIG_IGN, which the ranks would inherit.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, lambda _signum, _frame: None)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -28,7 +28,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-from headless_megatron.training.signals import stop_signals_deferred
+from headless_megatron.training.signals import helper_process_setup, stop_signals_deferred
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 3.0
@@ -49,10 +49,17 @@ def iteration_dir(root: str | Path, iteration: int) -> Path:
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
-    """The published checkpoint the tracker names, or None when ``root`` holds no checkpoint yet."""
-    tracker = Path(root) / TRACKER_FILE
+    """The latest published checkpoint under ``root``, or None when it holds none.
+
+    That is the iteration the tracker names or, without a tracker (deleted, or lost in a copy),
+    the newest ``iter_NNNNNNN`` directory. Its completeness is not checked here: see
+    :func:`checkpoint_to_resume`.
+    """
+    root = Path(root)
+    tracker = root / TRACKER_FILE
     if not tracker.exists():
-        return None
+        published = published_iterations(root)
+        return published[-1] if published else None
     text = tracker.read_text().strip()
     if not text.isdigit():
         raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
@@ -60,6 +67,63 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     if not (path / "metadata.json").is_file():
         raise CheckpointError(f"{tracker} names iteration {text}, but {path} is missing or incomplete")
     return path
+
+
+def checkpoint_to_resume(root: str | Path, fallback: bool = False) -> tuple[Path | None, str]:
+    """The checkpoint a run resumes from under ``root``, verified complete, and a note for the log
+    ("" when it is simply the tracker's), or (None, "") when ``root`` holds no checkpoint.
+
+    An incomplete latest checkpoint (a shard missing or cut short) is an error naming the file,
+    unless ``fallback``: then the newest complete earlier one is used.
+    """
+    latest = latest_checkpoint(root)
+    if latest is None:
+        return None, ""
+    tracked = (Path(root) / TRACKER_FILE).exists()
+    note = "" if tracked else f"no {TRACKER_FILE} in {root}: resuming from its newest complete checkpoint"
+    problem = checkpoint_problem(latest)
+    if problem is None:
+        return latest, note
+    if fallback or not tracked:
+        earlier = [p for p in published_iterations(root) if _iteration_of(p) < _iteration_of(latest)]
+        for candidate in reversed(earlier):
+            if checkpoint_problem(candidate) is None:
+                return candidate, note or f"{problem}; falling back to the previous complete checkpoint"
+        raise CheckpointError(f"{problem}, and no earlier checkpoint is complete")
+    raise CheckpointError(f"{problem}; resume from the previous complete checkpoint with --load-fallback")
+
+
+def published_iterations(root: str | Path) -> list[Path]:
+    """The ``iter_NNNNNNN`` directories under ``root`` (not the ``.tmp`` staging ones), oldest first."""
+    found = [p for p in Path(root).glob("iter_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=_iteration_of)
+
+
+def _iteration_of(path: Path) -> int:
+    return int(path.name[5:])
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint (one line naming the file), or None when it is.
+
+    The check of ``export-hf``'s reader: Megatron's and DCP's metadata readable, and every file the
+    metadata references present at its full size.
+    """
+    from headless_megatron.convert import ConversionError
+    from headless_megatron.convert.checkpoint_reader import _complete_metadata
+
+    if not (path / "metadata.json").is_file():
+        return f"{path}: incomplete checkpoint: metadata.json is missing"
+    try:
+        _complete_metadata(path)
+    except ConversionError as error:
+        return str(error)
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _unwrap(chunk):
@@ -172,6 +236,31 @@ def _sharded_state_dict(model_chunks, optimizer, scheduler, common: dict, is_loa
     return state
 
 
+_writer_manager = None
+
+
+def _start_checkpoint_writer_helper() -> None:
+    """Start the helper process of Megatron's torch_dist writer ourselves, set up to ignore stop
+    signals and to die with this rank.
+
+    megatron-core 0.16.1 starts it on the first save as a bare spawn-context ``Manager()`` that
+    holds the writer's results queue: it died of the SIGTERM SLURM sends to every process (failing
+    the stop-save) and outlived a killed rank, with the resource tracker, forever. Setting the
+    module's queue first makes Megatron use ours.
+    """
+    global _writer_manager
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is not None:
+        return
+    import multiprocessing
+    from multiprocessing.managers import SyncManager
+
+    _writer_manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+    _writer_manager.start(initializer=helper_process_setup)
+    filesystem_async._results_queue = _writer_manager.Queue()
+
+
 def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, scheduler, common: dict) -> Path:
     """Write ``iter_<iteration>`` under ``root`` from every rank, then publish it atomically."""
     final = iteration_dir(root, iteration)
@@ -182,7 +271,8 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
     dist.barrier()
     common = {**common, "iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}
     state = _sharded_state_dict(model_chunks, optimizer, scheduler, common, is_loading=False, with_rng=True)
-    with stop_signals_deferred():  # a stop signal during the save must not kill its helper process
+    with stop_signals_deferred():  # a save is never cut in half; see signals.stop_signals_deferred
+        _start_checkpoint_writer_helper()
         dist_checkpointing.save(state, str(staging), content_metadata=SHARDING_METADATA)
     dist.barrier()
     if dist.get_rank() == 0:
@@ -213,7 +303,14 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
     )
     with_rng = load_rng and same_layout  # RNG streams belong to (PP, TP) ranks; they do not reshard
     state = _sharded_state_dict(model_chunks, optimizer, scheduler, {}, is_loading=True, with_rng=with_rng)
-    loaded = dist_checkpointing.load(state, str(path))
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    try:
+        loaded = dist_checkpointing.load(state, str(path))
+    except (Exception, CheckpointException) as error:  # noqa: BLE001 - a shape or key mismatch, or damaged data
+        from headless_megatron.convert.checkpoint_reader import _root_cause
+
+        raise CheckpointError(f"{path}: cannot be loaded into this model: {_first_line(_root_cause(error))}") from error
     for index, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{index}"
         _unwrap(chunk).load_state_dict(loaded[key])

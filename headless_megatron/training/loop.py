@@ -37,13 +37,14 @@ from headless_megatron.models.specs import kernel_backend
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed, naming_lost_ranks
 from headless_megatron.training.checkpoint import (
     CheckpointError,
+    checkpoint_to_resume,
     latest_checkpoint,
     load_checkpoint,
     load_pretrained_weights,
     save_checkpoint,
 )
 from headless_megatron.training.metrics import MetricsLogger, head_flops, transformer_flops_per_token
-from headless_megatron.training.signals import StopConditions
+from headless_megatron.training.signals import StopConditions, kill_helpers_at_exit
 
 
 @dataclass
@@ -72,6 +73,7 @@ def launch_world_size() -> int:
 
 def pretrain(config: TrainConfig) -> RunSummary:
     """Validate ``config`` for this launch, start the parallel runtime and train."""
+    kill_helpers_at_exit()
     config.validate(launch_world_size())
     if config.virtual_pipeline_model_parallel_size:
         raise ConfigError(
@@ -213,9 +215,6 @@ class Trainer:
         )
         self.iteration = self._resume()
         self.skipped_iterations = self.skipped_in_a_row = 0
-        self.logger = MetricsLogger(
-            config, config.metrics_dir, self.iteration, dist.get_rank() == 0, self.world_size
-        )
         batch = config.global_batch_size
         valid_samples = config.eval_iters * batch if config.eval_interval and config.eval_iters else 0
         self.train_data, self.valid_data, _ = build_gpt_datasets(
@@ -229,6 +228,11 @@ class Trainer:
             )
         self.forward_step = partial(
             _forward_step, device=device, encoder=config.model == "bert", count_candidates=config.loss == "cwt"
+        )
+        # Created last, so that a run refused while setting up leaves no empty save directory.
+        self.logger = MetricsLogger(
+            config, config.metrics_dir, self.iteration, dist.get_rank() == 0, self.world_size,
+            wandb_id=wandb_run_id(config.metrics_dir) if config.wandb_enabled else None,
         )
         self.body_flops = transformer_flops_per_token(config) * config.tokens_per_iteration
 
@@ -244,7 +248,9 @@ class Trainer:
     def _resume(self) -> int:
         """Load ``config.load`` (auto-resume) and return the iteration to continue from."""
         config = self.config
-        path = latest_checkpoint(config.load) if config.load else None
+        path, note = checkpoint_to_resume(config.load, config.load_fallback) if config.load else (None, "")
+        if path is None:
+            self._refuse_to_overwrite_another_run()
         if path is None and config.pretrained:
             common = load_pretrained_weights(config.pretrained, [self.model], config)
             if dist.get_rank() == 0:
@@ -254,11 +260,15 @@ class Trainer:
             return 0
         if path is None:
             if config.save and Path(config.save).resolve() == Path(config.load).resolve():
-                return 0  # the first run of an auto-resuming job: nothing saved yet
+                if dist.get_rank() == 0:  # the first run of an auto-resuming job
+                    print(f"load: no checkpoint in {config.load} yet; starting from iteration 0", flush=True)
+                return 0
             raise CheckpointError(
                 f"load: no checkpoint in {config.load} (no latest_checkpointed_iteration.txt); "
                 "point load at a save directory, or drop load to start from scratch"
             )
+        if note and dist.get_rank() == 0:
+            print(note, flush=True)
         load_optimizer = not (config.no_load_optim or config.finetune)
         common = load_checkpoint(
             path,
@@ -269,7 +279,28 @@ class Trainer:
         )
         if dist.get_rank() == 0:
             print(f"loaded {path} (iteration {common['iteration']})", flush=True)
-        return 0 if config.finetune else int(common["iteration"])
+        if config.finetune:
+            self._refuse_to_overwrite_another_run()
+            return 0
+        return int(common["iteration"])
+
+    def _refuse_to_overwrite_another_run(self) -> None:
+        """A run that starts at iteration 0 must not save over another run's checkpoints (its
+        iter_NNNNNNN would replace theirs one by one) nor append a second run to its metrics. The
+        first run of an auto-resuming job (load equal to save, nothing saved yet) may append: the
+        re-done iterations replace the earlier ones for ``report``."""
+        config = self.config
+        if config.save and latest_checkpoint(config.save) is not None:
+            raise CheckpointError(
+                f"save: {config.save} holds the checkpoints of another run and this run starts from iteration 0; "
+                f"resume it with --load {config.save}, or save to a new directory"
+            )
+        auto_resuming = config.load and config.save and Path(config.load).resolve() == Path(config.save).resolve()
+        metrics = Path(config.metrics_dir) / "metrics.jsonl" if config.metrics_dir else None
+        if metrics is not None and metrics.exists() and not auto_resuming:
+            raise CheckpointError(
+                f"{metrics} holds the metrics of another run; give this run a new save (or log_dir) directory"
+            )
 
     def _run_schedule(self, data, num_microbatches: int, forward_only: bool) -> torch.Tensor:
         """Forward (and backward) over ``num_microbatches``; global [loss sum, tokens, K x U] on all ranks."""
@@ -377,13 +408,44 @@ class Trainer:
                     checkpoint, saved_at = self._save(self.iteration), self.iteration
                 stopped_by = stop.reason(self.iteration, self.device)
                 if stopped_by:
-                    self.logger.message(f"stopping after iteration {self.iteration}: {stopped_by}")
+                    self.logger.message(
+                        f"stopping after iteration {self.iteration}: {stopped_by}"
+                        + (f"; saving, resume with --load {config.save}" if config.save else "; nothing saved (no save)")
+                    )
                     break
+            if config.save and saved_at != self.iteration:
+                checkpoint = self._save(self.iteration)
         finally:
             stop.restore()
-        if config.save and saved_at != self.iteration:
-            checkpoint = self._save(self.iteration)
+            shut_down_workers(data)
         self.logger.close()
         metrics = str(Path(config.metrics_dir) / "metrics.jsonl") if config.metrics_dir else None
         return RunSummary(self.iteration, losses[-1] if losses else float("nan"), val_loss, checkpoint, metrics,
                           losses, stopped_by, self.skipped_iterations)
+
+
+def shut_down_workers(data) -> None:
+    """Stop a DataLoader iterator's worker processes now, even while an exception's traceback still
+    holds the iterator (it would otherwise only stop them when garbage-collected)."""
+    shutdown = getattr(data, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_run_id(directory: str | None) -> str | None:
+    """The Weights & Biases run id of the run saved in ``directory``, created on its first start
+    and kept there, so that a requeued or resumed job continues the same W&B run."""
+    if directory is None:
+        return None
+    path = Path(directory) / WANDB_ID_FILE
+    if dist.get_rank() == 0 and not path.exists():
+        import uuid
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pending = path.with_name(path.name + ".tmp")
+        pending.write_text(uuid.uuid4().hex[:16] + "\n")
+        os.replace(pending, path)
+    return path.read_text().strip() if dist.get_rank() == 0 else None

@@ -57,7 +57,8 @@ def head_flops(config, padded_vocab: int, positions: int, candidate_products: in
 class MetricsLogger:
     """Rank-0 reporting of training and validation metrics."""
 
-    def __init__(self, config, log_dir: str | None, start_iteration: int, rank_zero: bool, world_size: int):
+    def __init__(self, config, log_dir: str | None, start_iteration: int, rank_zero: bool, world_size: int,
+                 wandb_id: str | None = None):
         self.config = config
         self.rank_zero = rank_zero
         self.world_size = world_size
@@ -85,6 +86,7 @@ class MetricsLogger:
                 mode=config.wandb_mode,
                 dir=log_dir,
                 config=config.to_dict(),
+                id=wandb_id,
                 resume="allow",
             )
 

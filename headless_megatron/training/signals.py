@@ -1,21 +1,27 @@
-"""Stopping a run cleanly: on SIGTERM/SIGUSR1 (preemption, ``#SBATCH --signal=USR1@120``), at
-``exit_duration_in_mins``, or at ``exit_interval``.
+"""Stopping a run cleanly: on SIGTERM/SIGUSR1 (preemption, ``#SBATCH --signal=USR1@120``), on the
+first SIGINT (Ctrl-C), at ``exit_duration_in_mins``, or at ``exit_interval``.
 
 A handler only records the signal; the loop asks :meth:`StopConditions.reason` once per iteration,
 and the answer is agreed by all ranks (a MAX all-reduce), because a signal reaches the ranks at
-slightly different times and every rank must stop after the same iteration to save together.
+slightly different times and every rank must stop after the same iteration to save together. A
+second SIGINT ends the process at once, without saving (the previous checkpoint stays the latest).
+
+SLURM (and a terminal's Ctrl-C) signal every process, so the processes a rank starts must neither
+die of a stop signal nor outlive the rank: see :func:`ignore_stop_signals`,
+:func:`stop_signals_deferred`, :func:`helper_process_setup` and :func:`kill_helpers_at_exit`.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 import signal
+import sys
 import time
 
-import torch
-import torch.distributed as dist
-
-_REASONS = ("", "SIGTERM", "SIGUSR1", "exit_duration_in_mins", "exit_interval")
+_REASONS = ("", "SIGTERM", "SIGUSR1", "exit_duration_in_mins", "exit_interval", "SIGINT")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopConditions:
@@ -28,17 +34,26 @@ class StopConditions:
         self.received = 0
         self.previous_handlers = {}
         if handle_signals:
-            for code, number in ((1, signal.SIGTERM), (2, signal.SIGUSR1)):
+            for code, number in ((1, signal.SIGTERM), (2, signal.SIGUSR1), (5, signal.SIGINT)):
                 self.previous_handlers[number] = signal.signal(number, self._record(code))
 
     def _record(self, code: int):
-        def handler(_signum, _frame):
+        def handler(signum, _frame):
             self.received = self.received or code
+            if signum == signal.SIGINT:
+                # The next Ctrl-C kills the process at once: the user wants out, not a save.
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                if os.environ.get("RANK", "0") == "0":
+                    print("SIGINT: finishing this iteration and saving; press Ctrl-C again to abort without saving",
+                          file=sys.stderr, flush=True)
 
         return handler
 
-    def reason(self, iteration: int, device: torch.device) -> str:
+    def reason(self, iteration: int, device) -> str:
         """Why every rank should stop after ``iteration`` ("" to go on); a collective call."""
+        import torch
+        import torch.distributed as dist
+
         code = self.received
         if not code and self.exit_duration_in_mins is not None:
             if time.monotonic() - self.started > 60 * self.exit_duration_in_mins:
@@ -55,9 +70,6 @@ class StopConditions:
             signal.signal(number, handler)
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
 def ignore_stop_signals(_worker_id: int | None = None) -> None:
     """For helper processes (DataLoader workers): SLURM signals every process of a job step, and
     only the rank itself should act on a stop signal."""
@@ -65,16 +77,51 @@ def ignore_stop_signals(_worker_id: int | None = None) -> None:
         signal.signal(number, signal.SIG_IGN)
 
 
+def helper_process_setup() -> None:
+    """Initializer of a helper process that lives as long as the rank (the checkpoint writer's):
+    deaf to stop signals, and killed by the kernel when the rank dies, even by SIGKILL."""
+    ignore_stop_signals()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the rank died before the request took effect
+            os._exit(1)
+
+
 @contextlib.contextmanager
 def stop_signals_deferred():
     """Block the stop signals while the body runs; they are delivered (and recorded) afterwards.
 
-    Processes started meanwhile inherit the blocked mask and so are not killed by the stop signal
-    SLURM sends to every process of a step: Megatron's checkpoint writer starts its helper process
-    during the first save and keeps it for the following ones.
+    A save is never cut in half by Ctrl-C, and processes started meanwhile inherit the blocked mask,
+    so the stop signal SLURM sends to every process of a step cannot kill them before they set
+    themselves up (the checkpoint writer's helper, the resource tracker).
     """
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _kill_daemonic_helpers() -> None:
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+def kill_helpers_at_exit() -> None:
+    """Kill this process's daemonic helpers (DataLoader workers) when it exits.
+
+    They ignore SIGTERM (see :func:`ignore_stop_signals`), and ``multiprocessing``'s exit handler
+    stops them with SIGTERM and then joins them without a timeout: after an error that left a
+    DataLoader alive (its iterator held by the traceback), the process would never exit. Handlers
+    registered later run first, so this one runs before ``multiprocessing``'s.
+    """
+    import multiprocessing.util  # noqa: F401 - registers its own exit handler first
+
+    atexit.unregister(_kill_daemonic_helpers)
+    atexit.register(_kill_daemonic_helpers)

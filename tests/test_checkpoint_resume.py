@@ -1,0 +1,118 @@
+"""What a resumed run loads, and what it refuses: without a tracker file the newest complete
+checkpoint (never a silent restart that saves over the old ones), a truncated shard named with the
+flag to fall back, another run's save directory, another model shape; the W&B run id survives a
+requeue."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from fault_runs import FaultRun, pretrain_argv
+from headless_megatron.runtime.local_ranks import RankFailure
+from headless_megatron.training.checkpoint import TRACKER_FILE
+from test_training_loop import assert_losses_close, train
+
+
+@pytest.fixture(scope="module")
+def saved_run(dataset, tmp_path_factory):
+    """A run of 30 iterations stopped at 20, saved at 10 and 20, and the losses of the whole run."""
+    directory = tmp_path_factory.mktemp("saved")
+    train(1, dataset, "--save", str(directory / "run"), "--save-interval", "10", "--exit-interval", "20", iters=30)
+    full = train(1, dataset, iters=30)
+    return directory / "run", full.losses
+
+
+def copy_of(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def snapshot(run):
+    return {str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in run.rglob("*") if p.is_file() and p.parent.name.startswith("iter_")}
+
+
+def truncate_largest_shard(iteration_dir):
+    shard = max(iteration_dir.glob("*.distcp"), key=lambda p: p.stat().st_size)
+    with shard.open("r+b") as stream:
+        stream.truncate(shard.stat().st_size // 2)
+    return shard
+
+
+def metrics_iterations(run):
+    return [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)]
+
+
+def test_without_a_tracker_the_newest_complete_checkpoint_is_resumed(saved_run, dataset, tmp_path):
+    run = copy_of(saved_run[0], tmp_path)
+    (run / TRACKER_FILE).unlink()
+    before = snapshot(run)
+    resumed = train(1, dataset, "--load", str(run), "--save", str(run), "--save-interval", "10", iters=30)
+    assert resumed.iterations == 30 and len(resumed.losses) == 10  # from 20, not from 0
+    assert_losses_close(resumed.losses, saved_run[1][20:], 1e-6, "resumed without a tracker")
+    assert {k: v for k, v in snapshot(run).items() if not k.startswith("iter_0000030")} == before  # nothing overwritten
+    assert (run / TRACKER_FILE).read_text().strip() == "30"
+    logged = metrics_iterations(run)
+    assert logged == sorted(logged), "a second run from iteration 0 was appended to metrics.jsonl"
+
+
+def test_without_a_tracker_a_truncated_newest_checkpoint_is_passed_over(saved_run, dataset, tmp_path):
+    run = copy_of(saved_run[0], tmp_path)
+    (run / TRACKER_FILE).unlink()
+    truncate_largest_shard(run / "iter_0000020")
+    resumed = train(1, dataset, "--load", str(run), "--save", str(tmp_path / "next"), "--exit-interval", "12", iters=30)
+    assert resumed.iterations == 12 and len(resumed.losses) == 2  # from 10
+
+
+def test_a_truncated_shard_of_the_latest_checkpoint_is_named_and_the_fallback_flag_resumes(saved_run, dataset,
+                                                                                          tmp_path):
+    run = copy_of(saved_run[0], tmp_path)
+    shard = truncate_largest_shard(run / "iter_0000020")
+    with pytest.raises(RankFailure, match=(
+            rf"CheckpointError: {run / 'iter_0000020'}: incomplete checkpoint: {shard.name} is truncated \(\d+ of "
+            r"\d+ bytes\); resume from the previous complete checkpoint with --load-fallback")):
+        train(1, dataset, "--load", str(run), "--save", str(run), iters=30)
+    assert not (run / "iter_0000030").exists()
+    resumed = train(1, dataset, "--load", str(run), "--save", str(run), "--load-fallback", "--exit-interval", "12",
+                    iters=30)
+    assert resumed.iterations == 12 and len(resumed.losses) == 2
+    assert_losses_close(resumed.losses, saved_run[1][10:12], 1e-6, "fallen back to iteration 10")
+
+
+def test_a_fresh_run_never_saves_over_another_runs_checkpoints(saved_run, dataset, tmp_path):
+    run = copy_of(saved_run[0], tmp_path)
+    before = snapshot(run)
+    with pytest.raises(RankFailure, match=(
+            rf"CheckpointError: save: {run} holds the checkpoints of another run and this run starts from iteration "
+            rf"0; resume it with --load {run}, or save to a new directory")):
+        train(1, dataset, "--save", str(run), iters=12)
+    assert snapshot(run) == before
+
+
+def test_resuming_with_another_model_shape_is_one_line(saved_run, dataset, tmp_path):
+    with pytest.raises(RankFailure, match=rf"CheckpointError: {saved_run[0] / 'iter_0000020'}: cannot be loaded into "
+                                          r"this model: .*shape"):
+        train(1, dataset, "--load", str(saved_run[0]), "--save", str(tmp_path / "other"), "--hidden-size", "128",
+              iters=30)
+    assert not (tmp_path / "other").exists()
+
+
+def test_load_equal_to_save_without_a_checkpoint_says_it_starts_fresh_and_wandb_keeps_its_run_id(dataset, tmp_path):
+    save = tmp_path / "run"
+    flags = ("--load", str(save), "--wandb-project", "faults", "--wandb-mode", "offline")
+    first = FaultRun(pretrain_argv(dataset, save, *flags, "--exit-interval", "3", iters=6),
+                     tmp_path / "first").finish(timeout=120)
+    assert first.code == 0, first.stderr[-3000:]
+    assert f"load: no checkpoint in {save} yet; starting from iteration 0" in first.stdout
+    run_id = (save / "wandb_run_id.txt").read_text().strip()
+    second = FaultRun(pretrain_argv(dataset, save, *flags, iters=6), tmp_path / "second").finish(timeout=120)
+    assert second.code == 0 and f"loaded {save / 'iter_0000003'} (iteration 3)" in second.stdout, second.stderr[-3000:]
+    assert (save / "wandb_run_id.txt").read_text().strip() == run_id
+    runs = sorted(path.name for path in (save / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(name.endswith(f"-{run_id}") for name in runs), runs

@@ -1,0 +1,59 @@
+"""Stop signals, as SLURM and a terminal send them, to every process of every rank (the launcher,
+the ranks, their DataLoader workers and checkpoint-writer helpers), in each phase of a run: each
+ends with exit 0, one line saying where it stopped, the checkpoint of that iteration published (or
+the previous one still the latest), no staging directory and no process left. A second Ctrl-C
+aborts at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from fault_runs import FaultRun, pretrain_argv
+from headless_megatron.training.checkpoint import checkpoint_to_resume
+
+# (signal, phase, iteration, DataLoader workers): every signal in every phase, with and without workers.
+STOPS = [
+    ("SIGTERM", "training", 3, 1),
+    ("SIGUSR1", "training", 3, 0),
+    ("SIGTERM", "validation", 4, 0),
+    ("SIGUSR1", "validation", 4, 1),
+    ("SIGTERM", "save", 4, 1),  # the second save: the checkpoint writer's helper is running
+    ("SIGUSR1", "save", 2, 0),  # the first save: the helper starts while the signal is pending
+    ("SIGINT", "training", 3, 1),
+    ("SIGINT", "save", 4, 0),
+]
+
+
+@pytest.mark.parametrize("name, phase, iteration, workers", STOPS, ids=lambda v: str(v))
+def test_a_stop_signal_to_every_process_saves_and_exits_0(name, phase, iteration, workers, dataset, tmp_path):
+    save = tmp_path / "run"
+    argv = pretrain_argv(dataset, save, "--save-interval", "2", "--eval-interval", "4", "--eval-iters", "1",
+                         "--num-workers", str(workers), nproc=2, iters=40)
+    result = FaultRun(argv, tmp_path, fault=f"{name} {phase} {iteration}").finish(timeout=120)
+    assert result.code == 0, result.stderr[-3000:]
+    stops = [line for line in result.stdout.splitlines() if line.startswith("stopping after iteration")]
+    assert stops == [f"stopping after iteration {iteration}: {name}; saving, resume with --load {save}"], result.stdout
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == str(iteration)
+    assert checkpoint_to_resume(save) == (save / f"iter_{iteration:07d}", "")
+    assert not list(save.glob("*.tmp")), sorted(p.name for p in save.iterdir())
+    assert not result.leftovers
+    assert not [line for line in result.stderr.splitlines() if "Traceback" in line or "failed" in line], result.stderr
+
+
+def test_a_single_rank_stops_on_sigterm_to_its_process_group_after_a_periodic_save(dataset, tmp_path):
+    """No launcher: the rank is the session leader, as with ``setsid headless-megatron ... &``."""
+    save = tmp_path / "run"
+    argv = pretrain_argv(dataset, save, "--save-interval", "2", "--num-workers", "2", iters=40)
+    result = FaultRun(argv, tmp_path, fault="SIGTERM training 5").finish(timeout=60)
+    assert result.code == 0 and not result.leftovers, result.stderr[-3000:]
+    assert "stopping after iteration 5: SIGTERM" in result.stdout
+    assert checkpoint_to_resume(save) == (save / "iter_0000005", "")
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_previous_checkpoint(dataset, tmp_path):
+    save = tmp_path / "run"
+    argv = pretrain_argv(dataset, save, "--save-interval", "2", nproc=2, iters=40)
+    result = FaultRun(argv, tmp_path, fault="SIGINTx2 training 3").finish(timeout=60)
+    assert result.code not in (0, None) and result.seconds < 60 and not result.leftovers, result.stderr[-3000:]
+    assert checkpoint_to_resume(save) == (save / "iter_0000002", "")
+    assert "press Ctrl-C again to abort without saving" in result.stderr
