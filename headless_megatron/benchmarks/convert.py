@@ -17,9 +17,13 @@ the decoders, 30,592 for BERT) is what the embedding has.
 Then, each in a fresh process (so that peaks are the step's own): ``import-hf`` at the chosen layout
 (its ranks are that process's children), ``export-hf`` of the result with ``--max-shard-size``, and
 a tensor-by-tensor comparison of the export with the original: every tensor must be bit-equal.
-Memory is the process tree's resident set (sampled every 10 ms, and the process's own ``ru_maxrss``),
-above the step process's baseline once torch, Megatron-Core and transformers are imported. The
-bound is one weight file plus twice the largest tensor.
+Memory is what the step's process tree needs: the sum over its processes of their proportional
+share of anonymous and shared-memory pages (PSS, ``/proc/PID/smaps_rollup``, sampled every 10 ms),
+above the step process's own once torch, Megatron-Core and transformers are imported. (A plain RSS
+sum would count the pages forked ranks share with their parent once per rank, and the page cache of
+memory-mapped weight files.) The bound is one weight file plus twice the largest tensor. An
+import's peak includes its ranks' start-up (interpreters, torch, Megatron-Core, checkpoint
+writers), which the tiny shape's import measures: "import - ranks" is the peak less that.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import resource
 import sys
 import tempfile
 import threading
@@ -116,8 +119,10 @@ def run(args) -> int:
 
 def print_table(results: list[RoundTrip]) -> None:
     gb = 1e9
+    # The tiny model's import is the ranks' own start-up (interpreters, torch, Megatron-Core, writers).
+    start_up = next((r.import_step.peak_above_baseline for r in results if r.shape == "tiny"), None)
     columns = ["shape", "params", "fp32 GB", "largest GB", "shard GB", "bound GB", "import s", "import GB",
-               "import/bound", "export s", "export GB", "export/bound", "files", "bit-equal"]
+               "import - ranks GB", "export s", "export GB", "export/bound", "files", "bit-equal"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join("---:" for _ in columns) + "|")
     for r in results:
@@ -125,7 +130,7 @@ def print_table(results: list[RoundTrip]) -> None:
             r.shape, f"{r.parameters / 1e6:,.0f}M", f"{r.model_bytes / gb:.2f}", f"{r.largest_tensor_bytes / gb:.3f}",
             f"{r.max_shard_bytes / gb:.2f}", f"{r.bound / gb:.2f}",
             f"{r.import_step.seconds:.1f}", f"{r.import_step.peak_above_baseline / gb:.2f}",
-            f"{r.import_step.peak_above_baseline / r.bound:.2f}",
+            "-" if start_up is None else f"{(r.import_step.peak_above_baseline - start_up) / gb:.2f}",
             f"{r.export_step.seconds:.1f}", f"{r.export_step.peak_above_baseline / gb:.2f}",
             f"{r.export_step.peak_above_baseline / r.bound:.2f}",
             str(r.weight_files), f"{r.tensors - len(r.mismatched)}/{r.tensors}",
@@ -254,19 +259,13 @@ def _measured_in_child(queue, step, args) -> None:
         import headless_megatron.convert.importer  # noqa: F401
 
         me = psutil.Process()
-        baseline = me.memory_info().rss
+        baseline = _tree_memory(me)
         peak = [baseline]
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
-                total = 0
-                for process in [me, *me.children(recursive=True)]:
-                    try:
-                        total += process.memory_info().rss
-                    except psutil.Error:
-                        pass
-                peak[0] = max(peak[0], total)
+                peak[0] = max(peak[0], _tree_memory(me))
                 done.wait(SAMPLE_SECONDS)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -276,10 +275,26 @@ def _measured_in_child(queue, step, args) -> None:
         seconds = time.perf_counter() - start
         done.set()
         sampler.join()
-        own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        queue.put(StepResult(seconds, max(peak[0], own_peak) - baseline, baseline))
+        queue.put(StepResult(seconds, peak[0] - baseline, baseline))
     except BaseException as error:  # noqa: BLE001 - handed to the parent, which raises it
         queue.put(RuntimeError(f"{step.__name__} failed: {error!r}"))
+
+
+def _tree_memory(process) -> int:
+    """Bytes of memory that ``process`` and its descendants need: the proportional share (PSS) of
+    anonymous and shared-memory pages, from ``/proc/PID/smaps_rollup``. Plain RSS would count the
+    pages that forked ranks share with their parent once per rank, and the page cache of
+    memory-mapped weight files, which the kernel reclaims at will."""
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            rollup = Path(f"/proc/{member.pid}/smaps_rollup").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        for line in rollup.splitlines():
+            if line.startswith(("Pss_Anon:", "Pss_Shmem:")):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def _import_step(model: str, output: str, tensor_parallel: int, pipeline_parallel: int) -> None:

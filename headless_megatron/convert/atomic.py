@@ -52,12 +52,18 @@ def check_apart(output: str | os.PathLike, sources: Iterable[str | os.PathLike],
     """Refuse an ``output`` that is, contains or lies inside one of ``sources`` (the run or model a
     conversion reads): writing there would mix the two, and ``--overwrite`` would delete the input."""
     resolved = Path(output).resolve()
-    for source in sources:
-        source = Path(source).resolve()
-        if resolved == source or source.is_relative_to(resolved) or resolved.is_relative_to(source):
-            relation = ("is" if resolved == source else "contains" if source.is_relative_to(resolved) else "is inside")
-            raise ConversionError(f"output {output}: {relation} the {what} {source} that this command reads; "
-                                  "give a directory of its own")
+    clashes = []
+    for source in map(lambda path: Path(path).resolve(), sources):
+        if resolved == source:
+            clashes.append((0, "is", source))
+        elif source.is_relative_to(resolved):
+            clashes.append((1, "contains", source))
+        elif resolved.is_relative_to(source):
+            clashes.append((2, "is inside", source))
+    if clashes:
+        _, relation, source = min(clashes)  # the plainest account: "is" before "contains"
+        raise ConversionError(f"output {output}: {relation} the {what} {source} that this command reads; "
+                              "give a directory of its own")
 
 
 @contextlib.contextmanager
