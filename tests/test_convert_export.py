@@ -287,7 +287,7 @@ def test_the_run_read_is_never_the_output_nor_replaced(checkpoints, tmp_path, ca
         (run, run / "hf", "is inside the checkpoint"),
         (run, tmp_path, "contains the checkpoint"),
     ]:
-        for overwrite in ([], ["--overwrite"]):
+        for overwrite in (["--overwrite"], []):  # the destructive case first: before the fix it deleted the run
             argv = ["export-hf", "--checkpoint", str(checkpoint), "--output", str(output), *overwrite]
             assert main(argv) == 2, argv
             error = capsys.readouterr().err
