@@ -71,6 +71,18 @@ def test_full_tensors_equal_what_megatron_loads_and_optimizer_state_is_left_out(
         assert torch.equal(tensor, expected[key]), key
 
 
+def test_one_layer_is_read_alone_and_equals_that_layer_of_the_full_tensor(save):
+    checkpoint = open_checkpoint(save)
+    stacked = sorted(key for key in checkpoint.model_tensors if key.startswith("decoder.layers."))
+    full = checkpoint.load(stacked)
+    for layer in range(4):  # layers 0-1 were saved by the first pipeline stage, 2-3 by the second
+        sliced = checkpoint.load(stacked, layer=layer)
+        for key in stacked:
+            assert sliced[key].shape == full[key].shape[1:] and torch.equal(sliced[key], full[key][layer]), (key, layer)
+    with pytest.raises(ConversionError, match=r"decoder.layers.mlp.linear_fc2.weight of shape \(4, 64, 128\) has no layer 4"):
+        checkpoint.load(["decoder.layers.mlp.linear_fc2.weight"], layer=4)
+
+
 def test_an_iteration_can_be_named_in_either_way(save):
     assert open_checkpoint(save, iteration=3).path == open_checkpoint(save / "iter_0000003").path
     with pytest.raises(ConversionError, match=r"no iteration 4 \(found: iter_0000003\)"):

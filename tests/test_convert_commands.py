@@ -95,3 +95,11 @@ def test_the_tools_script_runs_export_by_default_or_the_direction_named_first(ar
     with pytest.raises(SystemExit) as exit_status:
         runpy.run_path(str(script), run_name="__main__")
     assert exit_status.value.code == 0 and received == [command]
+
+
+def test_export_help_states_the_shard_size_default_and_what_overwrite_replaces(capsys):
+    with pytest.raises(SystemExit):
+        main(["export-hf", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--max-shard-size SIZE" in help_text and "(default: 50GB, the installed transformers' default)" in help_text
+    assert "replace --output if it is an earlier export" in help_text

@@ -223,3 +223,98 @@ def test_a_missing_or_wrong_tokenizer_is_refused(checkpoints, tmp_path, capsys):
     smaller = tokenizer_for_dataset(tiny_builtin_dataset(tmp_path / "data", vocab_size=300, corpus="python-topics"))
     assert_fails_cleanly(["--checkpoint", str(moved), "--tokenizer", str(smaller.save(tmp_path / "tokenizer300"))],
                          "the embedding has 512 rows, but a vocabulary of 300 pads to 384", tmp_path / "out", capsys)
+
+
+# ---- Sharded weights: HF's file names and index, split as save_pretrained splits ----
+
+
+def test_a_small_max_shard_size_splits_the_weights_as_save_pretrained_does(checkpoints, reference_logits, tmp_path):
+    import inspect
+
+    from safetensors import safe_open
+    from transformers import LlamaForCausalLM, PreTrainedModel
+
+    from headless_megatron.convert.export import DEFAULT_MAX_SHARD_SIZE
+
+    assert DEFAULT_MAX_SHARD_SIZE == inspect.signature(PreTrainedModel.save_pretrained).parameters["max_shard_size"].default
+    save = checkpoints["tp2_pp2", "lm"]
+    lines = []
+    result = export_hf(save, tmp_path / "sharded", max_shard_size="100KB", progress=lines.append)
+    files = sorted(p.name for p in result.output.glob("*.safetensors"))
+    assert result.weight_files == len(files) == len(lines) >= 3
+    assert files == [f"model-{k:05d}-of-{len(files):05d}.safetensors" for k in range(1, len(files) + 1)]
+    index = json.loads((result.output / "model.safetensors.index.json").read_text())
+    assert sorted(index) == ["metadata", "weight_map"] and sorted(set(index["weight_map"].values())) == files
+    sizes = {}
+    for file in files:
+        with safe_open(result.output / file, framework="pt") as weights:
+            assert weights.metadata() == {"format": "pt"}
+            in_file = {name: weights.get_tensor(name).nbytes for name in weights.keys()}
+        assert all(index["weight_map"][name] == file for name in in_file)
+        assert sum(in_file.values()) <= 100_000 or len(in_file) == 1  # a tensor above the limit is alone
+        sizes.update(in_file)
+    assert index["metadata"] == {"total_size": sum(sizes.values()), "total_parameters": result.parameters}
+    # transformers loads it, with the same logits as Megatron, and re-saving it gives the same index
+    model = LlamaForCausalLM.from_pretrained(result.output, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(TOKENS).logits
+    assert (logits - reference_logits[str(save)][..., :VOCAB]).abs().max().item() <= LOGITS_TOLERANCE
+    model.save_pretrained(tmp_path / "resaved", max_shard_size="100KB")
+    resaved = json.loads((tmp_path / "resaved" / "model.safetensors.index.json").read_text())
+    assert resaved["metadata"] == index["metadata"] and sorted(resaved["weight_map"]) == sorted(index["weight_map"])
+    single = export_hf(save, tmp_path / "single")  # the default fits: one model.safetensors, no index
+    assert single.weight_files == 1 and not (single.output / "model.safetensors.index.json").exists()
+    assert (single.output / "model.safetensors").is_file()
+
+
+def test_an_unreadable_max_shard_size_is_refused(checkpoints, tmp_path, capsys):
+    assert_fails_cleanly(["--checkpoint", str(checkpoints["tp2", "lm"]), "--max-shard-size", "1 parsec"],
+                         "--max-shard-size 1 parsec: expected a size like 5GB or 500MB", tmp_path / "out", capsys)
+
+
+# ---- The run it reads is never written into or deleted (--output inside, around or equal to it) ----
+
+
+def test_the_run_read_is_never_the_output_nor_replaced(checkpoints, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(checkpoints["tp2", "lm"], run)
+    (run / "metrics.jsonl").write_text("{}\n")
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    for checkpoint, output, relation in [
+        (run, run, "is the checkpoint"),                        # the README's own example, with the run as output
+        (run / "iter_0000003", run, "is the checkpoint"),       # the iteration read, the run around it
+        (run / "iter_0000003", run / "iter_0000003", "is the checkpoint"),
+        (run, run / "hf", "is inside the checkpoint"),
+        (run, tmp_path, "contains the checkpoint"),
+    ]:
+        for overwrite in (["--overwrite"], []):  # the destructive case first: before the fix it deleted the run
+            argv = ["export-hf", "--checkpoint", str(checkpoint), "--output", str(output), *overwrite]
+            assert main(argv) == 2, argv
+            error = capsys.readouterr().err
+            assert error.count("\n") == 1 and f"output {output}: {relation}" in error, error
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+
+
+def test_overwrite_replaces_only_an_earlier_export(checkpoints, tmp_path, capsys):
+    save = checkpoints["tp2", "lm"]
+    export = tmp_path / "hf"
+    assert main(["export-hf", "--checkpoint", str(save), "--output", str(export)]) == 0
+    assert main(["export-hf", "--checkpoint", str(save), "--output", str(export), "--overwrite",
+                 "--max-shard-size", "100KB"]) == 0  # an earlier export: replaced
+    assert (export / "model.safetensors.index.json").is_file() and not (export / "model.safetensors").exists()
+    other_run = tmp_path / "other_run"
+    shutil.copytree(save, other_run)
+    (export / "notes.txt").write_text("mine")
+    for output, reason in [(other_run, "not an earlier export: it holds directories (iter_0000003)"),
+                           (tmp_path / "home", "not an earlier export: no config.json")]:
+        output.mkdir(exist_ok=True)
+        (output / "thesis.tex").write_text("years of work")
+        kept = sorted(p.name for p in output.iterdir())
+        capsys.readouterr()
+        assert main(["export-hf", "--checkpoint", str(save), "--output", str(output), "--overwrite"]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "--overwrite replaces only an earlier output" in error and reason in error, error
+        assert sorted(p.name for p in output.iterdir()) == kept
+    (export / "README.md").write_text("# somebody else's model card\n")
+    assert main(["export-hf", "--checkpoint", str(save), "--output", str(export), "--overwrite"]) == 2
+    assert "no README.md written by headless-megatron export-hf" in capsys.readouterr().err

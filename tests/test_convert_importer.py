@@ -14,6 +14,7 @@ from data_fixtures import tiny_builtin_dataset
 from headless_megatron.cli import main
 from headless_megatron.config import parse_config
 from headless_megatron.convert.export import export_hf
+from headless_megatron.convert.importer import SafetensorsWeights
 from headless_megatron.data.tokenizer import tokenizer_for_dataset
 from headless_megatron.runtime.local_ranks import run_on_ranks
 from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, megatron_logits, training_argv
@@ -21,7 +22,7 @@ from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, megatron_logits
 TP2_PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
 
 
-def random_llama(directory, tokenizer, tie: bool) -> None:
+def random_llama(directory, tokenizer, tie: bool, max_shard_size: str = "50GB") -> None:
     """A tiny LlamaForCausalLM (grouped-query attention, every weight random, norms included) and its tokenizer."""
     config = LlamaConfig(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
@@ -33,7 +34,7 @@ def random_llama(directory, tokenizer, tie: bool) -> None:
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.1).add_(1.0 if parameter.dim() == 1 else 0.0)
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
     tokenizer.save(directory)
 
 
@@ -63,11 +64,10 @@ def imported(untied_model, tmp_path_factory):
 
 
 def assert_same_tensors(original_directory, exported_directory) -> None:
-    original = load_file(original_directory / "model.safetensors")
-    exported = load_file(exported_directory / "model.safetensors")
-    assert sorted(exported) == sorted(original)
-    for name, tensor in original.items():
-        assert exported[name].dtype == tensor.dtype and torch.equal(exported[name], tensor), name
+    original, exported = SafetensorsWeights(original_directory), SafetensorsWeights(exported_directory)
+    assert sorted(exported.names()) == sorted(original.names())
+    for name in original.names():
+        assert exported(name).dtype == original(name).dtype and torch.equal(exported(name), original(name)), name
 
 
 def test_the_checkpoint_is_a_training_checkpoint_at_the_chosen_layout(imported):
@@ -122,12 +122,36 @@ def test_import_then_export_reproduces_every_tensor(imported, untied_model, tmp_
         assert exported[key] == original[key], key
 
 
-def test_a_tied_model_round_trips_at_the_default_layout(tokenizer, tmp_path):
-    random_llama(tmp_path / "tied", tokenizer, tie=True)
-    assert main(["import-hf", "--model", str(tmp_path / "tied"), "--output", str(tmp_path / "run")]) == 0
-    config = torch.load(tmp_path / "run" / "iter_0000000" / "common.pt", weights_only=True)["config"]
+def test_a_sharded_tied_model_round_trips_at_the_default_layout_and_overwrites_its_earlier_import(tokenizer, tmp_path):
+    random_llama(tmp_path / "tied", tokenizer, tie=True, max_shard_size="60KB")
+    assert len(json.loads((tmp_path / "tied" / "model.safetensors.index.json").read_text())["weight_map"]) == 38
+    assert len(list((tmp_path / "tied").glob("model-*-of-*.safetensors"))) >= 3
+    run = tmp_path / "run"
+    assert main(["import-hf", "--model", str(tmp_path / "tied"), "--output", str(run), "--tensor-model-parallel-size",
+                 "2"]) == 0
+    assert main(["import-hf", "--model", str(tmp_path / "tied"), "--output", str(run), "--overwrite"]) == 0
+    config = torch.load(run / "iter_0000000" / "common.pt", weights_only=True)["config"]
     assert config["untie_embeddings_and_output_weights"] is False and config["tensor_model_parallel_size"] == 1
-    assert_same_tensors(tmp_path / "tied", export_hf(tmp_path / "run", tmp_path / "again").output)
+    exported = export_hf(run, tmp_path / "again", max_shard_size="60KB").output
+    assert (exported / "model.safetensors.index.json").is_file()
+    assert_same_tensors(tmp_path / "tied", exported)
+
+
+def test_the_model_read_and_other_directories_are_never_replaced(untied_model, tmp_path, capsys):
+    model_files = sorted(p.name for p in untied_model.iterdir())
+    for output, message in [(untied_model, f"output {untied_model}: is the model directory"),
+                            (untied_model / "run", "is inside the model directory"),
+                            (untied_model.parent, "contains the model directory")]:
+        assert main(["import-hf", "--model", str(untied_model), "--output", str(output), "--overwrite"]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and message in error, error
+    assert sorted(p.name for p in untied_model.iterdir()) == model_files
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "metrics.jsonl").write_text("{}\n")
+    assert main(["import-hf", "--model", str(untied_model), "--output", str(trained), "--overwrite"]) == 2
+    assert "not an earlier import: it also holds metrics.jsonl" in capsys.readouterr().err
+    assert (trained / "metrics.jsonl").read_text() == "{}\n"
 
 
 # ---- Models that cannot be imported: a clear message, nothing written ----

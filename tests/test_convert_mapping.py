@@ -7,14 +7,17 @@ import torch
 
 from headless_megatron.convert.mapping import (
     TensorMapping,
+    megatron_region,
     megatron_tensor,
     megatron_to_hf,
     merge_gated_fc1,
     merge_qkv,
     pad_vocab,
+    qkv_mapping,
     split_gated_fc1,
     split_qkv,
     unpad_vocab,
+    vocab_rows_mapping,
 )
 
 
@@ -92,3 +95,45 @@ def test_mapping_checks_layer_naming_and_layer_count():
         megatron_to_hf([mapping], {mapping.megatron: torch.zeros(2, 4, 4)}, num_layers=3)
     with pytest.raises(ValueError, match="layer index"):
         megatron_tensor(mapping, lambda name: torch.zeros(4, 4))
+
+
+class DictRegions(dict):
+    """HF tensors in a dict, as a RegionReader that records what it was asked for."""
+
+    def __init__(self, tensors):
+        super().__init__(tensors)
+        self.reads = []
+
+    def __call__(self, name):
+        self.reads.append((name, None))
+        return self[name]
+
+    def shape(self, name):
+        return tuple(self[name].shape)
+
+    def region(self, name, index):
+        self.reads.append((name, index))
+        return self[name][index]
+
+
+def test_a_region_reads_only_its_part_of_plain_and_vocabulary_tensors():
+    hf = DictRegions({"embed": torch.randn(10, 4), "proj.0": torch.randn(6, 4),
+                      "q.0": torch.randn(4, 4), "k.0": torch.randn(2, 4), "v.0": torch.randn(2, 4)})
+    cases = [
+        (vocab_rows_mapping("embedding.word_embeddings.weight", "embed", 10, 16), None, (slice(8, 16), slice(0, 4))),
+        (vocab_rows_mapping("embedding.word_embeddings.weight", "embed", 10, 16), None, (slice(0, 8), slice(2, 4))),
+        (vocab_rows_mapping("embedding.word_embeddings.weight", "embed", 10, 16), None, (slice(12, 16), slice(0, 4))),
+        (TensorMapping("decoder.layers.proj", ("proj.{layer}",)), 0, (slice(3, 6), slice(0, 4))),
+        (qkv_mapping("decoder.layers.qkv", ("q.{layer}", "k.{layer}", "v.{layer}"), 2, 1, 2), 0, (slice(0, 4), slice(0, 4))),
+    ]
+    for mapping, layer, index in cases:
+        hf.reads.clear()
+        shape, read_region = megatron_region(mapping, hf, layer, index)
+        region = read_region()
+        fused = mapping.megatron == "decoder.layers.qkv"  # built whole from its HF tensors; the others read a part
+        assert all((read_index is None) == fused for _, read_index in hf.reads), hf.reads
+        full = megatron_tensor(mapping, hf, layer)
+        assert shape == tuple(full.shape) and torch.equal(region, full[index]), (mapping.megatron, index)
+    hf.reads.clear()
+    megatron_region(vocab_rows_mapping("e", "embed", 10, 16), hf, None, (slice(8, 16), slice(0, 4)))[1]()
+    assert hf.reads == [("embed", (slice(8, 10), slice(0, 4)))]

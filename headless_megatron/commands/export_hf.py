@@ -5,7 +5,11 @@
     headless-megatron export-hf --checkpoint runs/ft --output hf/ft --mode lm --iteration 10000 --dtype bfloat16
     headless-megatron export-hf --checkpoint runs/ft --output hf/ft --mode lm --push-to-hub me/ft --private
 
-Runs in this one process on CPU, whatever TP/PP layout saved the checkpoint (no ranks, no GPU). A
+Runs in this one process on CPU, whatever TP/PP layout saved the checkpoint (no ranks, no GPU),
+reading, converting and writing one tensor at a time (memory: about one weight file of
+``--max-shard-size`` plus twice the largest tensor, whatever the model's size). ``--output`` must be
+a directory of its own (never the run read, inside it or around it); ``--overwrite`` replaces only an
+earlier export. A
 checkpoint that cannot be exported prints ``headless-megatron export-hf: error: <message>``, exits
 with status 2 and writes nothing. The conversion itself is ``headless_megatron.convert.export``.
 """
@@ -22,7 +26,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from headless_megatron.convert.export import MODES
+    from headless_megatron.convert.export import DEFAULT_MAX_SHARD_SIZE, MODES
 
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
                         help="a save directory (its latest iteration) or one iter_NNNNNNN directory")
@@ -37,7 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", metavar="PATH",
                         help="tokenizer to ship (default: the config's tokenizer, else the training dataset's)")
     parser.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output")
+    parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
+                        help="largest weight file, as for transformers' save_pretrained: 5GB, 500MB (decimal units) "
+                             "or bytes; a larger model is split into model-0000k-of-0000n.safetensors with "
+                             f"model.safetensors.index.json (default: {DEFAULT_MAX_SHARD_SIZE}, the installed "
+                             "transformers' default). Memory needed: about one file plus twice the largest tensor")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output if it is an earlier export (a directory this command wrote); "
+                             "anything else is refused")
     parser.add_argument("--push-to-hub", metavar="NAME",
                         help="then upload the directory to this Hugging Face Hub repository (created if missing)")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
@@ -61,12 +72,14 @@ def run(args) -> int:
         result = export_hf(
             args.checkpoint, args.output, mode=args.mode, iteration=args.iteration, tokenizer=args.tokenizer,
             dtype=getattr(torch, args.dtype) if args.dtype else None, overwrite=args.overwrite,
+            max_shard_size=_size(args.max_shard_size), progress=lambda line: print(f"export-hf: {line}", flush=True),
         )
     except ConversionError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"export-hf: wrote {result.output} ({result.architecture}, mode {result.mode}, iteration "
-          f"{result.iteration}, {result.parameters:,} parameters, vocabulary {result.vocab_size})")
+          f"{result.iteration}, {result.parameters:,} parameters, vocabulary {result.vocab_size}, "
+          f"{result.weight_files} weight file{'s' if result.weight_files > 1 else ''})")
     if args.push_to_hub:
         try:
             url = push_to_hub(result.output, args.push_to_hub, private=args.private)
@@ -75,6 +88,10 @@ def run(args) -> int:
             return EXIT_UPLOAD_FAILED
         print(f"export-hf: uploaded to {url}")
     return 0
+
+
+def _size(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
 
 
 def _non_negative_int(text: str) -> int:

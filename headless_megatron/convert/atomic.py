@@ -4,11 +4,15 @@
         ...write files into staging...
     # now hf/tiny holds them; had anything raised (Ctrl-C included), nothing would be there
 
+    with atomic_directory("hf/tiny", overwrite=True, replaceable=earlier_export) as staging: ...
+
 The files are written into a hidden scratch directory beside the output (same filesystem, so the
 final ``rename`` is atomic) and renamed into place only when the block succeeds. A failure removes
 the scratch directory and leaves any existing output untouched. An existing non-empty output is
 refused before any work, unless ``overwrite``, which swaps the new directory in and only then
-deletes the old one.
+deletes the old one. ``overwrite`` replaces only what ``replaceable`` recognises as an earlier output
+of the same command (an export's model card, an import's lone iteration 0): a mistyped path to a
+training run, a dataset or a home directory is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -17,26 +21,57 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from headless_megatron.convert import ConversionError
 
 
-def check_output(output: str | os.PathLike, overwrite: bool) -> Path:
-    """``output`` as a path, after refusing an existing file or, without ``overwrite``, a non-empty directory."""
+Recogniser = Callable[[Path], str | None]
+"""Given an existing non-empty output: None when it is an earlier output that may be replaced, else
+what it is not (``"not an earlier export: no config.json"``)."""
+
+
+def check_output(output: str | os.PathLike, overwrite: bool, replaceable: Recogniser | None = None) -> Path:
+    """``output`` as a path, after refusing an existing file, a non-empty directory without
+    ``overwrite``, and with it one that ``replaceable`` does not recognise (all of them without one)."""
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ConversionError(f"output {output}: exists and is not a directory")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ConversionError(f"output {output}: already exists and is not empty (--overwrite replaces it)")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise ConversionError(f"output {output}: already exists and is not empty (--overwrite replaces it)")
+        refusal = "nothing may be replaced here" if replaceable is None else replaceable(output)
+        if refusal is not None:
+            raise ConversionError(f"output {output}: --overwrite replaces only an earlier output of this command, and "
+                                  f"this directory is {refusal}; give another --output or remove it yourself")
     return output
 
 
+def check_apart(output: str | os.PathLike, sources: Iterable[str | os.PathLike], what: str) -> None:
+    """Refuse an ``output`` that is, contains or lies inside one of ``sources`` (the run or model a
+    conversion reads): writing there would mix the two, and ``--overwrite`` would delete the input."""
+    resolved = Path(output).resolve()
+    clashes = []
+    for source in map(lambda path: Path(path).resolve(), sources):
+        if resolved == source:
+            clashes.append((0, "is", source))
+        elif source.is_relative_to(resolved):
+            clashes.append((1, "contains", source))
+        elif resolved.is_relative_to(source):
+            clashes.append((2, "is inside", source))
+    if clashes:
+        _, relation, source = min(clashes)  # the plainest account: "is" before "contains"
+        raise ConversionError(f"output {output}: {relation} the {what} {source} that this command reads; "
+                              "give a directory of its own")
+
+
 @contextlib.contextmanager
-def atomic_directory(output: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    output: str | os.PathLike, overwrite: bool = False, replaceable: Recogniser | None = None
+) -> Iterator[Path]:
     """A scratch directory that becomes ``output`` when the ``with`` block succeeds."""
-    output = check_output(output, overwrite)
+    output = check_output(output, overwrite, replaceable)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     try:

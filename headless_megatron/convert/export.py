@@ -2,9 +2,12 @@
 
     export_hf("runs/gpt_headless_tiny", "hf/tiny")                 # latest iteration, default mode
     export_hf("runs/gpt_vanilla_70m", "hf/70m", mode="lm", iteration=1000, dtype=torch.bfloat16)
+    export_hf("runs/gpt_headless_1b", "hf/1b", max_shard_size="1GB")   # model-0000k-of-0000n.safetensors
 
-The directory holds ``config.json``, ``generation_config.json``, ``model.safetensors`` (one file,
-every tensor contiguous and unshared), the tokenizer (``tokenizer.json``, ``tokenizer_config.json``,
+The directory holds ``config.json``, ``generation_config.json``, the weights (``model.safetensors``,
+or, above ``max_shard_size``, ``model-00001-of-0000n.safetensors``... and
+``model.safetensors.index.json``, split and indexed exactly as ``save_pretrained`` splits them, by
+``huggingface_hub``'s own splitter), the tokenizer (``tokenizer.json``, ``tokenizer_config.json``,
 ``special_tokens_map.json``) and ``README.md``, a model card with the training config and the CWT
 settings. It is written beside ``output`` and renamed into place at the end, so a failed export
 leaves nothing behind (``convert.atomic``).
@@ -20,25 +23,39 @@ embeddings serve as the LM head, the paper's "headless model used as an LM witho
 ``lm`` (the trained head of a vanilla or fine-tuned decoder), ``mlm`` (encoders). The default is
 ``add_head`` for a CWT decoder, ``lm`` for another decoder, ``mlm`` for an encoder.
 
-Memory: the model's tensors are held twice at the peak (checkpoint and HF layouts), in the
-checkpoint's dtype unless ``dtype`` is given.
+Memory: streamed. The HF tensors' shapes are worked out first from meta tensors, which fixes the
+split into files; then one checkpoint tensor at a time (one layer's slice of a stacked key) is read
+(``checkpoint_reader``), converted to its HF tensors in ``dtype`` (default: the checkpoint's) and
+handed to the :class:`ShardWriter`, which writes a file as soon as all its tensors are there. The
+peak is therefore about one weight file plus twice the largest tensor (a tensor and its converted
+copy), whatever the model's size and whatever layout saved it.
+
+Safety: ``output`` may not be, contain or lie inside the checkpoint or its run directory, and
+``overwrite`` replaces only an earlier export (:func:`earlier_export`).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
+from huggingface_hub.serialization import StateDictSplit, split_state_dict_into_shards_factory
+from huggingface_hub.serialization._base import parse_size_to_int
+from safetensors.torch import save_file
 
 from headless_megatron.config import TrainConfig
 from headless_megatron.convert import ConversionError
-from headless_megatron.convert.atomic import atomic_directory, check_output
+from headless_megatron.convert.atomic import atomic_directory, check_apart, check_output
 from headless_megatron.convert.checkpoint_reader import MegatronCheckpoint, open_checkpoint
 from headless_megatron.convert.llama import LlamaConversion
-from headless_megatron.convert.mapping import Conversion, megatron_to_hf
+from headless_megatron.convert.mapping import Conversion, TensorMapping
 from headless_megatron.convert.megatron_bert import MegatronBertConversion
 from headless_megatron.data.errors import DataError
 from headless_megatron.data.tokenizer import Tokenizer
@@ -46,8 +63,14 @@ from headless_megatron.data.tokenizer import Tokenizer
 MODES = ("add_head", "lm", "mlm")
 # model of the saved config -> the conversion that exports it.
 EXPORTABLE = {"gpt": LlamaConversion, "bert": MegatronBertConversion}
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_PATTERN = "model{suffix}.safetensors"  # model.safetensors, or model-00001-of-00003.safetensors...
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+# transformers' own default (PreTrainedModel.save_pretrained's max_shard_size; 5GB before v5), so an
+# export shards like save_pretrained; a test checks it against the installed version.
+DEFAULT_MAX_SHARD_SIZE = "50GB"
 MODEL_CARD_FILE = "README.md"
+# In every model card's front matter (tags); recognises a directory --overwrite may replace.
+MODEL_CARD_MARKER = "- headless-megatron"
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,7 @@ class ExportResult:
     iteration: int
     parameters: int
     vocab_size: int
+    weight_files: int = 1
 
 
 def export_hf(
@@ -70,11 +94,16 @@ def export_hf(
     tokenizer: str | os.PathLike | None = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Write the Hugging Face model directory ``output`` from a checkpoint (save directory or
-    ``iter_NNNNNNN``); raises :class:`ConversionError` (and writes nothing) when it cannot."""
-    check_output(output, overwrite)  # before the minutes a large checkpoint takes to read
+    ``iter_NNNNNNN``); raises :class:`ConversionError` (and writes nothing) when it cannot.
+    ``progress`` receives a line per weight file written."""
     source = open_checkpoint(checkpoint, iteration)
+    check_apart(output, _run_directories(checkpoint, source), "checkpoint")
+    check_output(output, overwrite, earlier_export)  # before the minutes a large checkpoint takes to read
+    max_shard_bytes = shard_size_bytes(max_shard_size)
     hf_tokenizer = checkpoint_tokenizer(source.config, tokenizer)
     vocab_size = source.config.vocab_size or hf_tokenizer.vocab_size
     if hf_tokenizer.vocab_size > vocab_size:
@@ -86,22 +115,156 @@ def export_hf(
     conversion.check_mode(mode)
     mappings = conversion.mappings(mode)
     _check_tensors(source, conversion)
-    tensors = source.load(mapping.megatron for mapping in mappings)
-    hf_tensors = megatron_to_hf(mappings, tensors, source.config.num_layers)
-    del tensors
-    dtype = dtype or next(iter(hf_tensors.values())).dtype
-    hf_tensors = {name: tensor.to(dtype) for name, tensor in hf_tensors.items()}
+    dtype = dtype or source.model_tensors[mappings[0].megatron][1]
+    units = _read_units(mappings, source.config.num_layers)
+    shapes = _hf_shapes(source, units)
+    split = split_state_dict_into_shards_factory(
+        {name: math.prod(shape) * dtype.itemsize for name, shape in shapes.items()},
+        get_storage_size=int, filename_pattern=WEIGHTS_PATTERN, max_shard_size=max_shard_bytes,
+    )
     special_tokens = {"bos": hf_tokenizer.bos, "eos": hf_tokenizer.eod, "pad": hf_tokenizer.pad}
     hf_config = conversion.hf_config(mode, special_tokens, dtype)
-    with atomic_directory(output, overwrite) as staging:
-        _write_model(staging, hf_config, hf_tensors)
+    parameters = sum(math.prod(shape) for shape in shapes.values())
+    with atomic_directory(output, overwrite, earlier_export) as staging:
+        _write_config(staging, hf_config)
+        writer = ShardWriter(staging, split, parameters, progress)
+        for name, tensor in _hf_tensors(source, units, dtype):
+            writer.add(name, tensor)
+        writer.finish()
         hf_tokenizer.save(staging)
-        result = ExportResult(
-            Path(output), conversion.hf_architecture, mode, source.iteration,
-            sum(tensor.numel() for tensor in hf_tensors.values()), vocab_size,
-        )
+        result = ExportResult(Path(output), conversion.hf_architecture, mode, source.iteration, parameters,
+                              vocab_size, len(split.filename_to_tensors))
         (staging / MODEL_CARD_FILE).write_text(model_card(source, conversion, result))
     return result
+
+
+def shard_size_bytes(size: int | str) -> int:
+    """``--max-shard-size`` in bytes, parsed as ``transformers``' ``save_pretrained`` parses it
+    (``"5GB"``: 5 * 10**9, ``"500MB"``, ``"1.5GB"``; an int is bytes)."""
+    if isinstance(size, int):
+        value = size
+    else:
+        try:
+            value = parse_size_to_int(size)
+        except ValueError as error:
+            raise ConversionError(f"--max-shard-size {size}: expected a size like 5GB or 500MB ({error})") from error
+    if value <= 0:
+        raise ConversionError(f"--max-shard-size {size}: must be positive")
+    return value
+
+
+def earlier_export(directory: Path) -> str | None:
+    """None when ``directory`` is a model directory this command wrote (plain files, a config.json
+    and our model card), else what it lacks; only such a directory may be replaced by --overwrite."""
+    entries = list(directory.iterdir())
+    subdirectories = sorted(entry.name for entry in entries if entry.is_dir())
+    if subdirectories:
+        return f"not an earlier export: it holds directories ({_first_few(subdirectories)})"
+    if not (directory / "config.json").is_file():
+        return "not an earlier export: no config.json"
+    card = directory / MODEL_CARD_FILE
+    if not card.is_file() or MODEL_CARD_MARKER not in card.read_text(errors="replace"):
+        return f"not an earlier export: no {MODEL_CARD_FILE} written by headless-megatron export-hf"
+    return None
+
+
+def _first_few(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _run_directories(checkpoint: str | os.PathLike, source: MegatronCheckpoint) -> list[Path]:
+    """What an export must not write into or over: the directory given, the iteration read and,
+    for an iteration directory, the training run around it (its other checkpoints, its metrics)."""
+    directories = [Path(checkpoint), source.path]
+    if source.path.name.startswith("iter_"):
+        directories.append(source.path.parent)
+    return directories
+
+
+# ---- Streaming: one tensor read, converted and handed to the shard writer at a time ----
+
+
+@dataclass(frozen=True)
+class _ReadUnit:
+    """One checkpoint read: a key (one layer's slice of it for a stacked key) and its mapping."""
+
+    mapping: TensorMapping
+    layer: int | None
+
+    @property
+    def hf_names(self) -> tuple[str, ...]:
+        return self.mapping.hf_names(self.layer)
+
+
+def _read_units(mappings: list[TensorMapping], num_layers: int) -> list[_ReadUnit]:
+    """Every read of the export in the order of the weight files: the embeddings, each layer in
+    turn (its tensors in mapping order), then the rest (final norm, heads), as HF models list them."""
+    embeddings = [_ReadUnit(m, None) for m in mappings if not m.per_layer and m.megatron.startswith("embedding.")]
+    layers = [_ReadUnit(m, layer) for layer in range(num_layers) for m in mappings if m.per_layer]
+    rest = [_ReadUnit(m, None) for m in mappings if not m.per_layer and not m.megatron.startswith("embedding.")]
+    return embeddings + layers + rest
+
+
+def _hf_shapes(source: MegatronCheckpoint, units: list[_ReadUnit]) -> dict[str, tuple[int, ...]]:
+    """The shape of every HF tensor, in write order, found by converting meta tensors (no data)."""
+    shapes = {}
+    for unit in units:
+        shape, dtype = source.model_tensors[unit.mapping.megatron]
+        if unit.layer is not None:
+            if shape[0] != source.config.num_layers:
+                raise ConversionError(f"{source.path}: {unit.mapping.megatron} stacks {shape[0]} layers, the config "
+                                      f"has {source.config.num_layers}")
+            shape = shape[1:]
+        parts = unit.mapping.to_hf(torch.empty(shape, dtype=dtype, device="meta"))
+        shapes.update(zip(unit.hf_names, (tuple(part.shape) for part in parts), strict=True))
+    return shapes
+
+
+def _hf_tensors(source: MegatronCheckpoint, units: list[_ReadUnit], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(HF name, tensor)`` in write order, each tensor its own contiguous memory in ``dtype``
+    (safetensors refuses tensors that share memory, and views of one fused tensor would); at most
+    one checkpoint tensor and its converted parts are alive here at a time."""
+    for unit in units:
+        key = unit.mapping.megatron
+        tensor = source.load([key], unit.layer)[key]
+        parts = unit.mapping.to_hf(tensor)
+        for name, part in zip(unit.hf_names, parts, strict=True):
+            owns_its_memory = part.is_contiguous() and part.untyped_storage().nbytes() == part.nbytes
+            if part.dtype != dtype or not owns_its_memory or len(parts) > 1:
+                part = part.to(dtype, memory_format=torch.contiguous_format, copy=True)
+            yield name, part
+        del tensor, parts, part  # before the next read
+
+
+class ShardWriter:
+    """Writes each weight file as soon as all its tensors have arrived, then lets them go, and the
+    index (``model.safetensors.index.json``, as ``save_pretrained`` writes it) when there are several."""
+
+    def __init__(self, directory: Path, split: StateDictSplit, parameters: int,
+                 progress: Callable[[str], None] | None = None):
+        self.directory, self.split, self.parameters, self.progress = directory, split, parameters, progress
+        self.pending: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+        self.written: list[str] = []
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        file = self.split.tensor_to_filename[name]
+        self.pending[file][name] = tensor
+        if len(self.pending[file]) == len(self.split.filename_to_tensors[file]):
+            tensors = self.pending.pop(file)
+            save_file(tensors, self.directory / file, metadata={"format": "pt"})
+            self.written.append(file)
+            if self.progress:
+                size = sum(tensor.nbytes for tensor in tensors.values())
+                self.progress(f"wrote {file} ({len(self.written)}/{len(self.split.filename_to_tensors)}, "
+                              f"{len(tensors)} tensors, {size / 1e9:.2f} GB)")
+
+    def finish(self) -> None:
+        if self.pending or len(self.written) != len(self.split.filename_to_tensors):
+            raise RuntimeError(f"weight files left incomplete: {sorted(self.pending)}")
+        if self.split.is_sharded:
+            index = {"metadata": {"total_parameters": self.parameters, **self.split.metadata},
+                     "weight_map": self.split.tensor_to_filename}
+            (self.directory / WEIGHTS_INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def conversion_for(config: TrainConfig, vocab_size: int) -> Conversion:
@@ -148,13 +311,11 @@ def _check_tensors(source: MegatronCheckpoint, conversion: Conversion) -> None:
         )
 
 
-def _write_model(directory: Path, hf_config, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
+def _write_config(directory: Path, hf_config) -> None:
     from transformers import GenerationConfig
 
     hf_config.save_pretrained(directory)
     GenerationConfig.from_model_config(hf_config).save_pretrained(directory)
-    save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
 
 
 def model_card(source: MegatronCheckpoint, conversion: Conversion, result: ExportResult) -> str:

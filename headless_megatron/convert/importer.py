@@ -40,9 +40,9 @@ import torch
 
 from headless_megatron.config import ConfigError, TrainConfig
 from headless_megatron.convert import ConversionError
-from headless_megatron.convert.atomic import atomic_directory, check_output
+from headless_megatron.convert.atomic import atomic_directory, check_apart, check_output
 from headless_megatron.convert.llama import LlamaConversion
-from headless_megatron.convert.mapping import Conversion, TensorMapping, megatron_tensor
+from headless_megatron.convert.mapping import Conversion, RegionReader, TensorMapping, megatron_region
 from headless_megatron.convert.megatron_bert import MegatronBertConversion
 from headless_megatron.data.errors import DataError, first_line
 from headless_megatron.training.checkpoint import iteration_dir
@@ -52,6 +52,8 @@ IMPORTABLE = {conversion.hf_model_type: conversion for conversion in (LlamaConve
 TOKENIZER_DIRECTORY = "tokenizer"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+# Everything an import writes at the top of its output (what --overwrite may replace).
+IMPORT_ENTRIES = {"iter_0000000", "latest_checkpointed_iteration.txt", TOKENIZER_DIRECTORY}
 # Fields a TrainConfig requires that describe training, not the model: a fine-tuning run sets its own.
 TRAINING_PLACEHOLDERS = {"micro_batch_size": 1, "global_batch_size": 1, "train_iters": 1, "lr": 1e-4}
 # A large model's import on CPU takes a while; a rank that hangs is killed after this.
@@ -100,11 +102,21 @@ class SafetensorsWeights:
     def names(self) -> set[str]:
         return set(self.file_of)
 
-    def __call__(self, name: str) -> torch.Tensor:
+    def _file(self, name: str):
         file = self.file_of[name]
         if file not in self._open_files:
             self._open_files[file] = self._open(file)
-        return self._open_files[file].get_tensor(name)
+        return self._open_files[file]
+
+    def __call__(self, name: str) -> torch.Tensor:
+        return self._file(name).get_tensor(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._file(name).get_slice(name).get_shape())
+
+    def region(self, name: str, index: tuple[slice, ...]) -> torch.Tensor:
+        """``tensor[index]`` read alone (``safe_open``'s ``get_slice``), not the whole tensor."""
+        return self._file(name).get_slice(name)[index]
 
 
 def import_hf(
@@ -117,8 +129,9 @@ def import_hf(
 ) -> ImportResult:
     """Write a checkpoint of the HF model ``model`` (a directory, or a Hub name to download) under
     ``output`` at the given layout; raises :class:`ConversionError` (and writes nothing) when it cannot."""
-    output = check_output(output, overwrite)
     directory = _model_directory(str(model))
+    check_apart(output, [directory], "model directory")
+    output = check_output(output, overwrite, earlier_import)
     hf_config = _hf_config(directory)
     family = IMPORTABLE.get(hf_config.model_type)
     if family is None:
@@ -137,12 +150,27 @@ def import_hf(
     conversion = family(config, vocab_size)
     weights = SafetensorsWeights(directory)
     _check_weights(weights, conversion)
-    with atomic_directory(output, overwrite) as staging:
+    with atomic_directory(output, overwrite, earlier_import) as staging:
         hf_tokenizer.save(staging / TOKENIZER_DIRECTORY)
         with _cuda_hidden():
             _run_ranks(hf_config.model_type, config, vocab_size, directory, staging, provenance=str(model))
     return ImportResult(output, iteration_dir(output, 0), conversion.hf_architecture,
                         tensor_model_parallel_size, pipeline_model_parallel_size, vocab_size)
+
+
+def earlier_import(directory: Path) -> str | None:
+    """None when ``directory`` is a checkpoint this command wrote (iteration 0 of an import, its
+    tokenizer, nothing else), else what it is not; only such a directory may be replaced by --overwrite."""
+    extra = sorted(entry.name for entry in directory.iterdir() if entry.name not in IMPORT_ENTRIES)
+    if extra:
+        return f"not an earlier import: it also holds {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"
+    try:
+        common = torch.load(iteration_dir(directory, 0) / "common.pt", map_location="cpu", weights_only=True)
+    except Exception:  # missing, damaged or foreign: not ours to delete  # noqa: BLE001
+        common = None
+    if not isinstance(common, dict) or "imported_from" not in common:
+        return "not an earlier import: its iter_0000000 was not written by import-hf"
+    return None
 
 
 def _model_directory(model: str) -> Path:
@@ -279,13 +307,15 @@ def _write_stage(
 
 
 @torch.no_grad()
-def fill_from_hf(stage: torch.nn.Module, mappings: list[TensorMapping], read_hf) -> None:
+def fill_from_hf(stage: torch.nn.Module, mappings: list[TensorMapping], read_hf: RegionReader) -> None:
     """Overwrite every parameter shard of ``stage`` (one pipeline stage, this rank's TP shard) with
     its part of the Megatron tensor that ``mappings`` build from the HF tensors ``read_hf`` returns.
 
     The shard geometry is the stage's ``sharded_state_dict()``, the description ``dist_checkpointing``
     saves and reshards with, so TP splits, SwiGLU halves, stacked layers and the tied embedding copy
-    of the last pipeline stage are all covered the way a checkpoint load would cover them.
+    of the last pipeline stage are all covered the way a checkpoint load would cover them. Each shard
+    reads only its own region of a plain or vocabulary-row HF tensor (``megatron_region``), so a
+    TP rank reads half the embedding, not all of it.
     """
     from headless_megatron.models.init import _sharded_tensors
 
@@ -296,15 +326,15 @@ def fill_from_hf(stage: torch.nn.Module, mappings: list[TensorMapping], read_hf)
             raise ConversionError(f"{shard.key}: no Hugging Face tensor maps to this parameter")
         prepend = shard.prepend_axis_num
         layer = shard.global_offset[0] if prepend else None
-        full = megatron_tensor(by_key[shard.key], read_hf, layer)
-        expected = tuple(shard.global_shape[prepend:])
-        if tuple(full.shape) != expected:
-            raise ConversionError(f"{shard.key}: the Hugging Face tensors give shape {tuple(full.shape)}, "
-                                  f"the model expects {expected}")
         index = tuple(
             slice(offset, offset + size) for offset, size in zip(shard.global_offset[prepend:], shard.local_shape)
         )
-        shard.data.copy_(full[index])
+        shape, read_region = megatron_region(by_key[shard.key], read_hf, layer, index)
+        expected = tuple(shard.global_shape[prepend:])
+        if shape != expected:
+            raise ConversionError(f"{shard.key}: the Hugging Face tensors give shape {shape}, "
+                                  f"the model expects {expected}")
+        shard.data.copy_(read_region())
         covered.add(shard.data.untyped_storage().data_ptr())
     missed = [name for name, param in stage.named_parameters() if param.untyped_storage().data_ptr() not in covered]
     if missed:

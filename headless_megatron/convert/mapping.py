@@ -55,6 +55,8 @@ class TensorMapping:
     hf: tuple[str, ...]
     to_hf: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] = _unchanged_to_hf
     to_megatron: Callable[[tuple[torch.Tensor, ...]], torch.Tensor] = _unchanged_to_megatron
+    padded_rows: int | None = None
+    """For a table with a row per token: the Megatron row count, the HF rows followed by zero rows."""
 
     def __post_init__(self) -> None:
         stacked = self.megatron.startswith(STACKED_LAYER_PREFIXES)
@@ -91,6 +93,42 @@ def megatron_tensor(
     if mapping.per_layer != (layer is not None):
         raise ValueError(f"{mapping.megatron}: a layer index is needed exactly for per-layer keys")
     return mapping.to_megatron(tuple(read_hf(name) for name in mapping.hf_names(layer)))
+
+
+class RegionReader(Protocol):
+    """HF tensors read whole (``reader(name)``) or in part, without reading the rest."""
+
+    def __call__(self, name: str) -> torch.Tensor: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def region(self, name: str, index: tuple[slice, ...]) -> torch.Tensor: ...
+
+
+def megatron_region(
+    mapping: TensorMapping, read_hf: RegionReader, layer: int | None, index: tuple[slice, ...]
+) -> tuple[tuple[int, ...], Callable[[], torch.Tensor]]:
+    """The full shape of one Megatron tensor (one layer's slice for a per-layer key) and a function
+    that returns its region ``index``. A plain copy or a table of vocabulary rows reads only that
+    region of its HF tensor (what a TP shard needs); a fused tensor (QKV, SwiGLU) is built whole
+    from the layer's HF tensors and then cut."""
+    (name,) = mapping.hf_names(layer) if len(mapping.hf) == 1 else (None,)
+    if name is not None and mapping.to_megatron is _unchanged_to_megatron:
+        return read_hf.shape(name), lambda: read_hf.region(name, index)
+    if name is not None and mapping.padded_rows is not None:
+        hf_shape = read_hf.shape(name)
+        return (mapping.padded_rows, *hf_shape[1:]), lambda: _padded_rows_region(read_hf, name, hf_shape[0], index)
+    full = megatron_tensor(mapping, read_hf, layer)
+    return tuple(full.shape), lambda: full[index]
+
+
+def _padded_rows_region(read_hf: RegionReader, name: str, real_rows: int, index: tuple[slice, ...]) -> torch.Tensor:
+    rows, rest = index[0], index[1:]
+    real = slice(min(rows.start, real_rows), min(rows.stop, real_rows))
+    part = read_hf.region(name, (real, *rest))
+    if real.stop - real.start == rows.stop - rows.start:
+        return part
+    return pad_vocab(part, rows.stop - rows.start)
 
 
 # ---- Megatron's fused layouts ----
@@ -160,6 +198,7 @@ def vocab_rows_mapping(megatron: str, hf: str, vocab_size: int, padded_vocab_siz
         megatron, (hf,),
         lambda table: (unpad_vocab(table, vocab_size),),
         lambda tensors: pad_vocab(tensors[0], padded_vocab_size),
+        padded_rows=padded_vocab_size,
     )
 
 

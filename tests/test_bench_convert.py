@@ -1,0 +1,45 @@
+"""The conversion benchmark: a random HF model imported at TP2 x PP2 and exported back bit for bit, its
+table; at the 1B and BERT-base shapes (slow tier, ``pytest -m slow``) with the export's memory bound."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from headless_megatron.benchmarks.convert import round_trip
+
+
+def test_the_table_reports_a_sharded_bit_equal_round_trip():
+    done = subprocess.run(
+        [sys.executable, "-m", "headless_megatron", "bench", "convert", "--shapes", "tiny", "--max-shard-size", "40KB"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    header, _, row = done.stdout.strip().splitlines()[-3:]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    cells = dict(zip(columns, (cell.strip() for cell in row.strip("|").split("|")), strict=True))
+    assert cells["shape"] == "tiny" and cells["shard GB"] == "0.00"
+    assert int(cells["files"]) > 1  # 40 KB files: the embedding alone is 131 KB
+    equal, total = map(int, cells["bit-equal"].split("/"))
+    assert equal == total == 38  # 4 layers x 9 tensors, the embeddings and the final norm
+    assert float(cells["import s"]) > 0 and float(cells["export s"]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["1b", "bert-base"])
+def test_recipe_shapes_round_trip_bit_for_bit_within_the_memory_bound(shape, tmp_path):
+    result = round_trip(shape, tmp_path, max_shard_bytes=10**9, layout=(2, 2), progress=print)
+    export_peak = result.export_step.peak_above_baseline
+    print(f"{shape}: {result.parameters:,} parameters ({result.model_bytes / 1e9:.2f} GB fp32), largest tensor "
+          f"{result.largest_tensor_bytes / 1e9:.3f} GB; import {result.import_step.seconds:.0f} s, peak "
+          f"+{result.import_step.peak_above_baseline / 1e9:.2f} GB; export {result.export_step.seconds:.0f} s, peak "
+          f"+{export_peak / 1e9:.2f} GB (bound {result.bound / 1e9:.2f} GB), {result.weight_files} files")
+    assert result.mismatched == [] and result.tensors > 100
+    assert export_peak <= result.bound
+    if shape == "1b":
+        assert result.weight_files >= 4 and export_peak < result.model_bytes / 2
+        index = json.loads((tmp_path / "exported" / "model.safetensors.index.json").read_text())
+        assert index["metadata"]["total_size"] == result.model_bytes
