@@ -138,8 +138,10 @@ def build_bert_stage(
     cwt: CWTOptions | None = None,
     project_masked_only: bool = False,
     share_embeddings_and_output_weights: bool = True,
+    vp_stage: int | None = None,
 ) -> HeadlessBertModel:
-    """The part of the encoder on this rank's pipeline stage, initialised from ``seed``."""
+    """The part of the encoder on this rank's pipeline stage (its model chunk ``vp_stage`` with
+    virtual pipeline stages), initialised from ``seed``."""
     make_bert_norms_sequence_parallel_capable()
     model = HeadlessBertModel(
         config=config,
@@ -147,9 +149,10 @@ def build_bert_stage(
         transformer_layer_spec=bert_layer_spec(backend, config),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
-        pre_process=ps.is_pipeline_first_stage(),
-        post_process=ps.is_pipeline_last_stage(),
+        pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         share_embeddings_and_output_weights=share_embeddings_and_output_weights,
+        vp_stage=vp_stage,
         position_embedding_type=position_embedding_type,
         add_binary_head=False,
         cwt=cwt,
