@@ -637,6 +637,11 @@ class TrainConfig:
             tensor_model_parallel_size=self.tensor_model_parallel_size,
             pipeline_model_parallel_size=self.pipeline_model_parallel_size,
             virtual_pipeline_model_parallel_size=self.virtual_pipeline_model_parallel_size,
+            # Megatron-LM's p2p setting with virtual stages: each send and receive on its own,
+            # even/odd ranks in opposite orders. Batched, a PP2 rank's two messages to its one
+            # neighbour (activation forward, gradient back) can be matched to the wrong receives.
+            overlap_p2p_comm=self.virtual_pipeline_model_parallel_size is not None,
+            batch_p2p_comm=self.virtual_pipeline_model_parallel_size is None,
             sequence_parallel=self.sequence_parallel,
             bf16=self.bf16,
             fp16=self.fp16,

@@ -16,13 +16,12 @@ from megatron.core.distributed import (
     DistributedDataParallelConfig,
     finalize_model_grads,
 )
-from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
 from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.models.gpt import GPTModel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from headless_megatron.models.init import initialize_layout_independent
+from headless_megatron.models.bert import build_bert_stage
 from headless_megatron.models.gpt import build_gpt_stage
 
 VOCAB = 128
@@ -60,18 +59,8 @@ def build_gpt(config: TransformerConfig, seed: int = SEED) -> GPTModel:
 
 
 def build_bert(config: TransformerConfig) -> BertModel:
-    model = BertModel(
-        config=config,
-        num_tokentypes=0,
-        transformer_layer_spec=bert_layer_local_spec,
-        vocab_size=VOCAB,
-        max_sequence_length=SEQ,
-        pre_process=ps.is_pipeline_first_stage(),
-        post_process=ps.is_pipeline_last_stage(),
-        add_binary_head=False,
-    )
-    initialize_layout_independent(model, config, SEED)
-    return model
+    """A vanilla BERT (MLM head, cross-entropy) with the project's local spec (fused attention)."""
+    return build_bert_stage(config, vocab_size=VOCAB, max_sequence_length=SEQ, seed=SEED)
 
 
 def wrap_ddp(config, model, distributed_optimizer=False) -> DistributedDataParallel:

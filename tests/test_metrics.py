@@ -1,29 +1,157 @@
 """FLOP accounting and the rank-0 metrics log."""
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
 
 from headless_megatron.config import parse_config
-from headless_megatron.training.metrics import MetricsLogger, head_flops, transformer_flops_per_token
+from headless_megatron.runtime.local_ranks import run_on_ranks
+from headless_megatron.training.metrics import (
+    FLOPS_CONVENTION,
+    CandidateCounter,
+    MetricsLogger,
+    head_flops,
+    transformer_flops_per_token,
+)
 
 
 def _config(*flags):
     return parse_config(["--config", "configs/gpt_headless_tiny.yaml", "--mock-data", "--vocab-size", "512", *flags])
 
 
-def test_body_flops_follow_the_dense_transformer_count():
-    config = _config()  # 4 layers, h 64, 4 heads, seq 64, SwiGLU ffn
-    h, s, f = 64, 64, config.ffn_size
-    per_layer = 2 * h * 3 * h + 2 * h * h + 4 * s * h + 2 * h * f * 3
-    assert transformer_flops_per_token(config) == 3 * 4 * per_layer
+def megatron_lm_num_floating_point_operations(args, batch_size):
+    """Transcription of Megatron-LM's ``num_floating_point_operations`` (megatron/training/training.py,
+    main in 2026), ``transformer_flops`` for dense MHA/GQA layers without MoE, MTP, MLA or an
+    attention output gate, which covers every recipe here."""
+    num_query_groups = args.num_query_groups if args.group_query_attention else args.num_attention_heads
+    forward_backward_expansion_factor = 3
+    fma_expansion_factor = 2
+    ffn_expansion_factor = 3 if args.swiglu else 2
+    query_projection_size = args.kv_channels * args.num_attention_heads
+    key_projection_size = args.kv_channels * num_query_groups
+    value_projection_size = args.kv_channels * num_query_groups
+    standard_self_attn_term = (
+        forward_backward_expansion_factor
+        * fma_expansion_factor
+        * (
+            args.hidden_size * (query_projection_size + key_projection_size + value_projection_size)
+            + query_projection_size * args.seq_length / 2 * 2  # causal: half the square; QK^T and PV
+            + query_projection_size * args.hidden_size
+        )
+    )
+    self_attn_term = standard_self_attn_term * args.num_layers
+    return (
+        batch_size
+        * args.seq_length
+        * (
+            forward_backward_expansion_factor * fma_expansion_factor * args.hidden_size
+            * (args.ffn_hidden_size * ffn_expansion_factor) * args.num_layers
+            + self_attn_term
+            + forward_backward_expansion_factor * fma_expansion_factor * args.hidden_size * args.padded_vocab_size
+        )
+    )
+
+
+def _megatron_args(config, padded_vocab):
+    return SimpleNamespace(
+        num_layers=config.num_layers, hidden_size=config.hidden_size, ffn_hidden_size=config.ffn_size,
+        num_attention_heads=config.num_attention_heads, kv_channels=config.head_dim,
+        group_query_attention=config.num_query_groups is not None, num_query_groups=config.num_query_groups,
+        swiglu=config.swiglu, seq_length=config.seq_length, padded_vocab_size=padded_vocab,
+    )
+
+
+RECIPES = sorted(str(path) for path in Path("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: Path(path).stem)
+def test_flops_of_every_recipe_follow_megatron_lm(recipe):
+    config = parse_config(["--config", recipe, "--mock-data"])
+    padded_vocab = config.padded_vocab_size(config.vocab_size or 50277)
+    args = _megatron_args(config, padded_vocab)
+    batch, tokens = config.global_batch_size, config.tokens_per_iteration
+    megatron = megatron_lm_num_floating_point_operations(args, batch)
+    logits = 3 * 2 * config.hidden_size * padded_vocab * tokens
+    body = transformer_flops_per_token(config) * tokens
+    if config.model == "bert":
+        # Bidirectional attention computes the whole s x s square that Megatron-LM halves for decoders.
+        q = config.num_attention_heads * config.head_dim
+        megatron += 3 * 2 * config.num_layers * q * config.seq_length / 2 * 2 * tokens
+    if config.loss == "ce" and not config.mlm_project_masked_only:
+        assert body + head_flops(config, padded_vocab, tokens, 0) == pytest.approx(megatron, rel=1e-12)
+    else:
+        assert body == pytest.approx(megatron - logits, rel=1e-12)
+    if config.loss == "cwt":
+        products = tokens * 300
+        assert head_flops(config, padded_vocab, tokens, products) == 3 * 2 * config.hidden_size * products
+
+
+def test_causal_attention_is_counted_over_half_the_square():
+    gpt = _config()  # 4 layers, h 64, 4 heads, seq 64, SwiGLU ffn
+    h, s, f = 64, 64, gpt.ffn_size
+    per_layer = 2 * h * 3 * h + 2 * h * h + 2 * 2 * h * s / 2 + 2 * h * f * 3
+    assert transformer_flops_per_token(gpt) == 3 * 4 * per_layer
     gqa = _config("--num-query-groups", "2")
-    assert transformer_flops_per_token(gqa) < transformer_flops_per_token(config)
+    assert transformer_flops_per_token(gqa) == 3 * 4 * (per_layer - 2 * h * 2 * h / 2)
+    encoder = parse_config(["--config", "configs/bert_headless_tiny.yaml", "--mock-data", "--vocab-size", "512"])
+    h, s = encoder.hidden_size, encoder.seq_length
+    full_square = 3 * encoder.num_layers * 2 * 2 * h * s
+    as_decoder = parse_config(["--config", "configs/bert_headless_tiny.yaml", "--mock-data", "--vocab-size", "512",
+                               "--model", "gpt"])
+    assert transformer_flops_per_token(encoder) - transformer_flops_per_token(as_decoder) == full_square / 2
 
 
-def test_cwt_head_counts_its_matmul_and_no_vocabulary_projection():
-    cwt, ce = _config(), _config("--loss", "ce")
-    positions = cwt.tokens_per_iteration
-    assert head_flops(ce, 50304, positions, candidate_products=0) == 3 * 2 * 64 * 50304 * positions
-    assert head_flops(cwt, 50304, positions, candidate_products=positions * 300) == 3 * 2 * 64 * 300 * positions
+def test_masked_only_head_projects_the_masked_positions_alone():
+    dense = parse_config(["--config", "configs/bert_vanilla_base.yaml", "--mock-data"])
+    masked = parse_config(["--config", "configs/bert_vanilla_base.yaml", "--mock-data", "--mlm-project-masked-only"])
+    masked_positions = int(0.15 * dense.tokens_per_iteration)
+    assert head_flops(masked, 30592, masked_positions, 0) == 3 * 2 * 768 * 30592 * masked_positions
+    assert head_flops(masked, 30592, masked_positions, 0) < head_flops(dense, 30592, dense.tokens_per_iteration, 0)
+
+
+def _cwt_products(labels, loss_mask):
+    """K x U of each micro-batch, the plain way."""
+    return sum(int(m.sum()) * len(set(l[m > 0].tolist())) for l, m in zip(labels, loss_mask))
+
+
+def test_candidate_counter_counts_k_times_u_per_micro_batch():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 40, (3, 2, 16), generator=gen)
+    loss_mask = (torch.rand(3, 2, 16, generator=gen) > 0.3).float()
+    counter = CandidateCounter(vocab_size=40)
+    for micro_batch in range(3):
+        counter.add(labels[micro_batch], loss_mask[micro_batch])
+    assert counter.total("cpu").item() == _cwt_products(labels, loss_mask)
+    assert counter.total("cpu").item() == 0  # reset by total()
+
+
+def _data_parallel_products(all_labels, all_masks):
+    from megatron.core import parallel_state as ps
+
+    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+
+    init_distributed(ParallelLayout(1, 1), seed=0)
+    rank = ps.get_data_parallel_rank()
+    counter = CandidateCounter(vocab_size=40, data_parallel_group=ps.get_data_parallel_group())
+    for labels, mask in zip(all_labels[rank], all_masks[rank]):
+        counter.add(labels, mask)
+    return counter.total("cpu").item()
+
+
+def test_candidate_counter_uses_the_gathered_candidates_across_data_parallel_ranks():
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 40, (2, 3, 2, 8), generator=gen)  # [rank, micro-batch, b, s]
+    masks = (torch.rand(2, 3, 2, 8, generator=gen) > 0.5).float()
+    per_rank = run_on_ranks(_data_parallel_products, 2, args=(labels, masks))
+    expected = [
+        sum(int(masks[rank, m].sum()) * len(set(labels[:, m][masks[:, m] > 0].tolist())) for m in range(3))
+        for rank in range(2)
+    ]
+    assert per_rank == expected
+    assert sum(expected) > _cwt_products(labels[0], masks[0]) + _cwt_products(labels[1], masks[1])
 
 
 def test_logger_writes_one_record_per_log_interval_on_rank_zero(tmp_path, capsys):
@@ -37,8 +165,10 @@ def test_logger_writes_one_record_per_log_interval_on_rank_zero(tmp_path, capsys
     assert [r["iteration"] for r in records] == [2, 4, 4]
     assert records[0]["tokens_per_sec"] == config.tokens_per_iteration / 0.5
     assert records[0]["tflops_per_device"] == 1.0  # 1e12 FLOP in 0.5 s over 2 devices
+    assert records[0]["flops_convention"] == FLOPS_CONVENTION == "megatron-lm"
     assert records[2] == {"iteration": 4, "val_loss": 0.9}
     out = capsys.readouterr().out
+    assert "TFLOP/s/device (megatron-lm)" in out
     assert "iteration       2/4 | loss 3.0000" in out and "val loss 0.9000" in out
 
     silent = MetricsLogger(config, str(tmp_path / "other"), 0, rank_zero=False, world_size=2)

@@ -9,13 +9,17 @@ Each config runs ``--warmup`` + ``--iters`` iterations of the real training loop
 distributed optimizer, schedule) on ``--nproc-per-node`` fresh local ranks, one config after the
 other, so that peak memory is each config's own. Options after ``--`` override every config (for
 example ``--mock-data`` when no dataset is at hand, or ``--micro-batch-size``). The table reports the
-median iteration time over the timed iterations as tokens/s, TFLOP/s per device (the FLOP count of
-:mod:`headless_megatron.training.metrics`: no vocabulary projection for CWT, plus its matmuls), MFU
-where the device's peak is known, peak memory, and each figure's ratio to the first config.
+median iteration time over the timed iterations as tokens/s, the FLOPs of one iteration and TFLOP/s
+per device (Megatron-LM's count, :mod:`headless_megatron.training.metrics`: no vocabulary projection
+for CWT but its matmuls, the masked positions alone with ``mlm_project_masked_only``), MFU where the
+device's peak is known, peak memory, and each figure's ratio to the first config. ``--results FILE``
+also appends each config's figures to FILE as a JSON line (``tools/bench_gpu.sh`` builds its one
+table from them).
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import statistics
 import time
@@ -30,6 +34,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--iters", type=int, default=50, help="timed iterations per config")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--nproc-per-node", dest="ranks", type=int, default=1, help="local ranks per config")
+    parser.add_argument("--results", metavar="FILE", help="append each config's figures to FILE (JSON lines)")
+    parser.add_argument("--group", default="", help="a label stored with each record of --results")
     parser.add_argument("overrides", nargs="*", help="after --: flags applied to every config")
 
 
@@ -55,7 +61,9 @@ def _measure(argv: list[str], iters: int, warmup: int) -> dict | None:
     config = parse_config(argv)
     config.validate(launch_world_size())
     device = init_distributed(
-        ParallelLayout(config.tensor_model_parallel_size, config.pipeline_model_parallel_size), seed=config.seed
+        ParallelLayout(config.tensor_model_parallel_size, config.pipeline_model_parallel_size,
+                       config.virtual_pipeline_model_parallel_size),
+        seed=config.seed,
     )
     trainer = Trainer(config, device)
     data = trainer.train_data_iterator()
@@ -81,18 +89,22 @@ def _measure(argv: list[str], iters: int, warmup: int) -> dict | None:
     device_peak = peak_flops_per_device(config.bf16 or config.fp16)
     return {
         "tokens_per_sec": config.tokens_per_iteration / median,
+        "iteration_flops": statistics.median(flops),
         "tflops": tflops,
         "mfu": tflops * 1e12 / device_peak if device_peak else None,
         "peak_bytes": int(peak.item()),
         "loss": losses[-1],
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "layout": f"TP{config.tensor_model_parallel_size} PP{config.pipeline_model_parallel_size} "
-                  f"DP{config.data_parallel_size(world)} mbs{config.micro_batch_size} gbs{config.global_batch_size}",
+        "layout": f"TP{config.tensor_model_parallel_size} PP{config.pipeline_model_parallel_size}"
+                  + (f"xVPP{config.virtual_pipeline_model_parallel_size}" if config.virtual_pipeline_model_parallel_size else "")
+                  + f" DP{config.data_parallel_size(world)} mbs{config.micro_batch_size} gbs{config.global_batch_size} "
+                  + f"s{config.seq_length} {'bf16' if config.bf16 else 'fp16' if config.fp16 else 'fp32'}",
     }
 
 
 def run(args) -> int:
     from headless_megatron.runtime.local_ranks import run_on_ranks
+    from headless_megatron.training.metrics import FLOPS_CONVENTION
 
     fixed = ["--train-iters", str(args.warmup + args.iters), "--lr-warmup-iters", "0", "--eval-iters", "0", "--num-workers", "0",
              "--log-interval", str(10**9), "--save", "none", "--load", "none"]
@@ -101,17 +113,22 @@ def run(args) -> int:
         path, *own_flags = shlex.split(config)
         argv = ["--config", path, *args.overrides, *own_flags, *fixed]
         result = run_on_ranks(_measure, args.ranks, args=(argv, args.iters, args.warmup), timeout=3600)[0]
-        results.append((" ".join([Path(path).stem, *own_flags]), result))
+        name = " ".join([Path(path).stem, *own_flags])
+        results.append((name, result))
         print(f"measured {config}: {result['tokens_per_sec']:,.0f} tokens/s", flush=True)
+        if args.results:
+            with open(args.results, "a") as stream:
+                stream.write(json.dumps({"group": args.group, "config": name, **result}) + "\n")
     base = results[0][1]
-    header = ("config", "layout", "tokens/s", "x", "TFLOP/s/dev", "MFU", "peak MB", "x", "last loss")
+    header = ("config", "layout", "tokens/s", "x", "GFLOP/iter", "TFLOP/s/dev", "MFU", "peak MB", "x", "last loss")
     rows = [
         (
             name,
             r["layout"],
             f"{r['tokens_per_sec']:,.0f}",
             f"{r['tokens_per_sec'] / base['tokens_per_sec']:.2f}",
-            f"{r['tflops']:.2f}",
+            f"{r['iteration_flops'] / 1e9:.4g}",
+            f"{r['tflops']:.3f}",
             f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
             f"{r['peak_bytes'] / 2**20:,.0f}",
             f"{r['peak_bytes'] / base['peak_bytes']:.2f}",
@@ -121,7 +138,7 @@ def run(args) -> int:
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     print(f"\n{args.iters} timed iterations after {args.warmup} warm-up, median; device {base['device']}, "
-          f"{args.ranks} rank(s); ratios against {results[0][0]}")
+          f"{args.ranks} rank(s); FLOPs counted as {FLOPS_CONVENTION}; ratios against {results[0][0]}")
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
     print("-|-".join("-" * w for w in widths))
     for row in rows:

@@ -25,6 +25,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from headless_megatron.cwt import CWTOptions, cwt_loss
 from headless_megatron.models.init import initialize_layout_independent
+from headless_megatron.models.attention import SDPAttention
 from headless_megatron.models.specs import TorchNorm, local_layer_spec
 
 
@@ -61,6 +62,14 @@ class HeadlessBertModel(BertModel):
             self.output_layer.bias = None
         if project_masked_only and self.config.sequence_parallel:
             raise ValueError("mlm_project_masked_only: not supported with sequence_parallel")
+
+    def _sanity_check_attention_and_get_attn_mask_dimension(self) -> str:
+        """BertModel asks Transformer Engine's version unless the core attention is exactly Megatron's
+        ``DotProductAttention``; ``SDPAttention`` takes the key-padding mask ``[b, 1, 1, s]``."""
+        core_attention = self.transformer_layer_spec.submodules.self_attention.submodules.core_attention
+        if core_attention is SDPAttention:
+            return "b11s"
+        return super()._sanity_check_attention_and_get_attn_mask_dimension()
 
     def forward(self, input_ids, attention_mask, tokentype_ids=None, lm_labels=None, loss_mask=None):
         """``attention_mask`` is BERT's ``[b, s]`` padding mask (1 = keep); ``loss_mask`` marks the
@@ -109,13 +118,14 @@ class HeadlessBertModel(BertModel):
         return loss.view(seq, batch).t().contiguous()
 
 
-def bert_layer_spec(backend: str):
-    """BertModel's layer spec: TE's when usable, else Megatron's local one with SP-capable norms."""
+def bert_layer_spec(backend: str, config: TransformerConfig):
+    """BertModel's layer spec: TE's when usable, else Megatron's local one with SP-capable norms and
+    fused attention."""
     if backend == "transformer_engine":
         from megatron.core.models.bert.bert_layer_specs import get_bert_layer_with_transformer_engine_spec
 
         return get_bert_layer_with_transformer_engine_spec()
-    return local_layer_spec(bert_layer_local_spec)
+    return local_layer_spec(bert_layer_local_spec, config)
 
 
 def build_bert_stage(
@@ -128,18 +138,21 @@ def build_bert_stage(
     cwt: CWTOptions | None = None,
     project_masked_only: bool = False,
     share_embeddings_and_output_weights: bool = True,
+    vp_stage: int | None = None,
 ) -> HeadlessBertModel:
-    """The part of the encoder on this rank's pipeline stage, initialised from ``seed``."""
+    """The part of the encoder on this rank's pipeline stage (its model chunk ``vp_stage`` with
+    virtual pipeline stages), initialised from ``seed``."""
     make_bert_norms_sequence_parallel_capable()
     model = HeadlessBertModel(
         config=config,
         num_tokentypes=0,
-        transformer_layer_spec=bert_layer_spec(backend),
+        transformer_layer_spec=bert_layer_spec(backend, config),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
-        pre_process=ps.is_pipeline_first_stage(),
-        post_process=ps.is_pipeline_last_stage(),
+        pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         share_embeddings_and_output_weights=share_embeddings_and_output_weights,
+        vp_stage=vp_stage,
         position_embedding_type=position_embedding_type,
         add_binary_head=False,
         cwt=cwt,

@@ -64,19 +64,22 @@ def build_gpt_stage(
     cwt: CWTOptions | None = None,
     rotary_base: int = 10000,
     rotary_percent: float = 1.0,
+    vp_stage: int | None = None,
 ) -> GPTModel:
-    """The part of the decoder on this rank's pipeline stage, initialised from ``seed``.
+    """The part of the decoder on this rank's pipeline stage (its model chunk ``vp_stage`` with
+    virtual pipeline stages), initialised from ``seed``.
 
     ``cwt`` given: a :class:`HeadlessGPTModel`; otherwise Megatron's ``GPTModel`` with its
     (tied or untied) vocab-parallel output layer and cross-entropy.
     """
     kwargs = dict(
         config=config,
-        transformer_layer_spec=gpt_block_spec(config, backend),
+        transformer_layer_spec=gpt_block_spec(config, backend, vp_stage=vp_stage),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
-        pre_process=ps.is_pipeline_first_stage(),
-        post_process=ps.is_pipeline_last_stage(),
+        pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+        vp_stage=vp_stage,
         position_embedding_type=position_embedding_type,
         share_embeddings_and_output_weights=share_embeddings_and_output_weights,
         rotary_base=rotary_base,

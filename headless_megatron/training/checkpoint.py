@@ -222,11 +222,12 @@ def _materialize_optimizer_state(optimizer) -> None:
 
 def _sharded_state_dict(model_chunks, optimizer, scheduler, common: dict, is_loading: bool, with_rng: bool):
     state = dict(common)
+    # Megatron-LM's names: "model", or "model0", "model1"... for the chunks of virtual pipeline stages
+    # (their tensors carry global layer offsets, so any chunking reshards into any other).
     model_state: dict = {}
     for index, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{index}"
-        state[key] = _unwrap(chunk).sharded_state_dict(metadata=SHARDING_METADATA)
-        model_state.update(state[key])
+        state[key] = model_state[key] = _unwrap(chunk).sharded_state_dict(metadata=SHARDING_METADATA)
     if optimizer is not None:
         _materialize_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=SHARDING_METADATA)

@@ -1,7 +1,8 @@
 """One training loop for pretraining (and, later, fine-tuning), made of Megatron-Core's own pieces.
 
 Per iteration: ``zero_grad_buffer`` -> ``get_forward_backward_func()`` runs this rank's micro-batches
-through its pipeline stage (1F1B p2p when PP > 1); the last stage's model returns a per-token loss
+through its pipeline stage (1F1B p2p when PP > 1; interleaved 1F1B over the rank's model chunks with
+``virtual_pipeline_model_parallel_size``); the last stage's model returns a per-token loss
 (CWT or cross-entropy) and :func:`_loss_func` returns ``(sum, tokens, report)`` -> backward ->
 ``finalize_model_grads`` (DP reduce-scatter, SP-norm and tied-embedding all-reduces, 1/tokens
 scaling over the global batch) -> ``optimizer.step()`` (clip, Adam, all-gather of updated shards) ->
@@ -27,7 +28,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
-from headless_megatron.config import ConfigError, TrainConfig
+from headless_megatron.config import TrainConfig
 from headless_megatron.cwt import CWTOptions
 from headless_megatron.data.gpt_dataset import build_gpt_datasets, micro_batches
 from headless_megatron.data.mlm_dataset import Masking, MaskedLMDataset
@@ -43,7 +44,12 @@ from headless_megatron.training.checkpoint import (
     load_pretrained_weights,
     save_checkpoint,
 )
-from headless_megatron.training.metrics import MetricsLogger, head_flops, transformer_flops_per_token
+from headless_megatron.training.metrics import (
+    CandidateCounter,
+    MetricsLogger,
+    head_flops,
+    transformer_flops_per_token,
+)
 from headless_megatron.training.signals import StopConditions, kill_helpers_at_exit
 
 
@@ -75,11 +81,6 @@ def pretrain(config: TrainConfig) -> RunSummary:
     """Validate ``config`` for this launch, start the parallel runtime and train."""
     kill_helpers_at_exit()
     config.validate(launch_world_size())
-    if config.virtual_pipeline_model_parallel_size:
-        raise ConfigError(
-            "virtual_pipeline_model_parallel_size: the interleaved 1F1B schedule is not wired into the loop "
-            "yet (one model chunk per stage); leave it unset"
-        )
     device = init_distributed(
         ParallelLayout(
             config.tensor_model_parallel_size,
@@ -93,8 +94,10 @@ def pretrain(config: TrainConfig) -> RunSummary:
         return Trainer(config, device).train()
 
 
-def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int, backend: str):
-    """This pipeline stage of the model ``config`` describes, with layout-independent initial weights."""
+def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int, backend: str,
+                      vp_stage: int | None = None):
+    """This pipeline stage (or its model chunk ``vp_stage``) of the model ``config`` describes, with
+    layout-independent initial weights."""
     cwt = CWTOptions(config.cwt_temperature, config.cwt_duplicates, config.cwt_negatives) if config.loss == "cwt" else None
     common = dict(
         vocab_size=padded_vocab,
@@ -104,6 +107,7 @@ def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int
         position_embedding_type=config.position_embedding_type,
         share_embeddings_and_output_weights=config.share_embeddings_and_output_weights,
         cwt=cwt,
+        vp_stage=vp_stage,
     )
     if config.model == "bert":
         return build_bert_stage(transformer_config, project_masked_only=config.mlm_project_masked_only, **common)
@@ -112,26 +116,25 @@ def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int
     )
 
 
-def _loss_func(loss_mask, candidate_products, output):
+def _loss_func(loss_mask, count_candidates, output):
+    """Megatron's loss function: called on the model chunk that returns the per-token loss."""
     losses = output.float() * loss_mask
     total, tokens = losses.sum(), loss_mask.sum()
-    report = torch.stack([total.detach(), tokens, candidate_products])
-    return total, tokens.to(torch.int), {"lm loss": report}
+    if count_candidates is not None:
+        count_candidates()
+    return total, tokens.to(torch.int), {"lm loss": torch.stack([total.detach(), tokens])}
 
 
-def _forward_step(data_iterator, model, *, device, encoder: bool, count_candidates: bool):
-    """One micro-batch through this stage; the last stage's output is the per-token loss ``[b, s]``."""
+def _forward_step(data_iterator, model, *, device, encoder: bool, candidates: CandidateCounter | None):
+    """One micro-batch through this model chunk; the last one's output is the per-token loss ``[b, s]``."""
     batch = {key: value.to(device, non_blocking=True) for key, value in next(data_iterator).items()}
     labels, loss_mask = batch["labels"], batch["loss_mask"]
     if encoder:
         output = model(batch["tokens"], batch["padding_mask"], lm_labels=labels, loss_mask=loss_mask)
     else:
         output = model(batch["tokens"], batch["position_ids"], None, labels=labels, loss_mask=loss_mask)
-    products = torch.zeros((), device=device)
-    if count_candidates:  # K x U of this micro-batch, for the FLOP count of the CWT matmul
-        loss_positions = loss_mask > 0
-        products = loss_positions.sum() * labels[loss_positions].unique().numel()
-    return output, partial(_loss_func, loss_mask, products.float())
+    count = partial(candidates.add, labels, loss_mask) if candidates is not None else None
+    return output, partial(_loss_func, loss_mask, count)
 
 
 def masking_for(config: TrainConfig, tokenizer) -> Masking:
@@ -161,24 +164,14 @@ class Trainer:
         backend = kernel_backend(config.transformer_impl)
         self.transformer_config = config.transformer_config(backend)
         self.transformer_config.finalize_model_grads_func = finalize_model_grads
-        stage = build_model_stage(config, self.transformer_config, self.padded_vocab, backend).to(device)
-        if config.freeze_body:  # a probe: DDP and the optimizer see the output layer only
-            for name, param in stage.named_parameters():
-                param.requires_grad = name.startswith("output_layer.")
-        if config.bf16 or config.fp16:
-            stage = Float16Module(self.transformer_config, stage)
-        self.model = DistributedDataParallel(
-            config=self.transformer_config,
-            ddp_config=DistributedDataParallelConfig(
-                grad_reduce_in_fp32=True,
-                overlap_grad_reduce=config.overlap_grad_reduce,
-                overlap_param_gather=config.overlap_param_gather,
-                use_distributed_optimizer=config.use_distributed_optimizer,
-            ),
-            module=stage,
-        )
+        # One model chunk per virtual pipeline stage (interleaved 1F1B), else one per rank.
+        vp_stages = range(config.virtual_pipeline_model_parallel_size) if config.virtual_pipeline_model_parallel_size else [None]
+        self.model_chunks = [self._wrap_chunk(build_model_stage(
+            config, self.transformer_config, self.padded_vocab, backend, vp_stage=vp_stage
+        ).to(device), first=vp_stage in (None, 0)) for vp_stage in vp_stages]
         if config.overlap_grad_reduce:
-            self.transformer_config.no_sync_func = self.model.no_sync
+            no_sync = [chunk.no_sync for chunk in self.model_chunks]
+            self.transformer_config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
                 optimizer=config.optimizer,
@@ -196,7 +189,7 @@ class Trainer:
                 initial_loss_scale=config.initial_loss_scale,
                 use_distributed_optimizer=config.use_distributed_optimizer,
             ),
-            [self.model],
+            self.model_chunks,
         )
         if config.fp16:
             self.transformer_config.grad_scale_func = self.optimizer.scale_loss
@@ -226,8 +219,12 @@ class Trainer:
                 MaskedLMDataset(windows, masking, config.seed) if windows is not None else None
                 for windows in (self.train_data, self.valid_data)
             )
+        self.candidates = None
+        if config.loss == "cwt":  # K x U per micro-batch, for the FLOP count of the CWT matmul
+            gathered = config.cwt_negatives == "data_parallel" and ps.get_data_parallel_world_size() > 1
+            self.candidates = CandidateCounter(self.padded_vocab, ps.get_data_parallel_group() if gathered else None)
         self.forward_step = partial(
-            _forward_step, device=device, encoder=config.model == "bert", count_candidates=config.loss == "cwt"
+            _forward_step, device=device, encoder=config.model == "bert", candidates=self.candidates
         )
         # Created last, so that a run refused while setting up leaves no empty save directory.
         self.logger = MetricsLogger(
@@ -235,6 +232,39 @@ class Trainer:
             wandb_id=wandb_run_id(config.metrics_dir) if config.wandb_enabled else None,
         )
         self.body_flops = transformer_flops_per_token(config) * config.tokens_per_iteration
+
+    def _wrap_chunk(self, stage, first: bool) -> DistributedDataParallel:
+        config = self.config
+        if config.freeze_body:  # a probe: DDP and the optimizer see the output layer only
+            for name, param in stage.named_parameters():
+                param.requires_grad = name.startswith("output_layer.")
+        if config.bf16 or config.fp16:
+            stage = Float16Module(self.transformer_config, stage)
+        return DistributedDataParallel(
+            config=self.transformer_config,
+            ddp_config=DistributedDataParallelConfig(
+                grad_reduce_in_fp32=True,
+                overlap_grad_reduce=config.overlap_grad_reduce,
+                overlap_param_gather=config.overlap_param_gather,
+                use_distributed_optimizer=config.use_distributed_optimizer,
+            ),
+            module=stage,
+            disable_bucketing=not first,  # as Megatron-LM: later chunks' grads in one bucket each
+        )
+
+    @property
+    def model(self) -> DistributedDataParallel:
+        """This rank's model, when it is one chunk (no virtual pipeline stages)."""
+        if len(self.model_chunks) != 1:
+            raise AttributeError("model: this rank holds several model chunks; use model_chunks")
+        return self.model_chunks[0]
+
+    def _data_iterators(self, data):
+        """What the schedule reads: one iterator, or one per model chunk (each replays the same
+        micro-batches, from which the first chunk takes the tokens and the last one the labels)."""
+        if len(self.model_chunks) == 1:
+            return data()
+        return [data() for _ in self.model_chunks]
 
     def _tokenizer(self):
         from headless_megatron.data.tokenizer import load_tokenizer, tokenizer_for_dataset
@@ -252,7 +282,7 @@ class Trainer:
         if path is None:
             self._refuse_to_overwrite_another_run()
         if path is None and config.pretrained:
-            common = load_pretrained_weights(config.pretrained, [self.model], config)
+            common = load_pretrained_weights(config.pretrained, self.model_chunks, config)
             if dist.get_rank() == 0:
                 print(f"starting from the weights of {config.pretrained} (iteration {common['iteration']})", flush=True)
             return 0
@@ -272,7 +302,7 @@ class Trainer:
         load_optimizer = not (config.no_load_optim or config.finetune)
         common = load_checkpoint(
             path,
-            [self.model],
+            self.model_chunks,
             self.optimizer if load_optimizer else None,
             self.scheduler if load_optimizer else None,
             load_rng=not (config.no_load_rng or config.finetune),
@@ -304,10 +334,12 @@ class Trainer:
 
     def _run_schedule(self, data, num_microbatches: int, forward_only: bool) -> torch.Tensor:
         """Forward (and backward) over ``num_microbatches``; global [loss sum, tokens, K x U] on all ranks."""
+        if self.candidates is not None:
+            self.candidates.reset()
         reports = get_forward_backward_func()(
             forward_step_func=self.forward_step,
             data_iterator=data,
-            model=[self.model],
+            model=self.model_chunks,
             num_microbatches=num_microbatches,
             seq_length=self.config.seq_length,
             micro_batch_size=self.config.micro_batch_size,
@@ -316,25 +348,30 @@ class Trainer:
         totals = torch.zeros(3, device=self.device)
         # Each DP replica's last stage reports once (from TP rank 0); the world sum is the global batch.
         if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
-            totals = torch.stack([r["lm loss"] for r in reports]).sum(0)
+            products = self.candidates.total(self.device) if self.candidates is not None else totals[2]
+            totals = torch.cat([torch.stack([r["lm loss"] for r in reports]).sum(0), products.view(1)])
         dist.all_reduce(totals)
         return totals
 
     def evaluate(self) -> float:
         config = self.config
-        data = micro_batches(self.valid_data, 0, config.micro_batch_size, num_workers=0,
-                             total_samples=config.eval_iters * config.global_batch_size)
-        self.model.eval()
+        data = self._data_iterators(partial(
+            micro_batches, self.valid_data, 0, config.micro_batch_size, num_workers=0,
+            total_samples=config.eval_iters * config.global_batch_size,
+        ))
+        for chunk in self.model_chunks:
+            chunk.eval()
         totals = torch.zeros(3, device=self.device)
         with torch.no_grad():
             for _ in range(config.eval_iters):
                 totals += self._run_schedule(data, self.num_microbatches, forward_only=True)
-        self.model.train()
+        for chunk in self.model_chunks:
+            chunk.train()
         return (totals[0] / totals[1]).item()
 
     def _save(self, iteration: int) -> str:
         path = save_checkpoint(
-            self.config.save, iteration, [self.model], self.optimizer, self.scheduler,
+            self.config.save, iteration, self.model_chunks, self.optimizer, self.scheduler,
             {"config": self.config.to_dict(), "consumed_train_samples": iteration * self.config.global_batch_size},
         )
         self.logger.message(f"saved checkpoint {path}")
@@ -347,14 +384,16 @@ class Trainer:
         (no optimizer or scheduler step; its data is consumed), and after ``max_skipped_iters``
         such iterations in a row the run stops with :class:`NumericalError`.
         """
-        self.model.zero_grad_buffer()
+        for chunk in self.model_chunks:
+            chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         totals = self._run_schedule(data, self.num_microbatches, forward_only=False)
         self.iteration += 1
-        flops = self.body_flops + head_flops(
-            self.config, self.padded_vocab, self.config.tokens_per_iteration, int(totals[2].item())
-        )
-        loss = (totals[0] / totals[1]).item()
+        loss_sum, loss_tokens, candidate_products = totals.tolist()  # the iteration's one host sync
+        # mlm_project_masked_only: the head sees the loss (masked) positions alone
+        projected = loss_tokens if self.config.mlm_project_masked_only else self.config.tokens_per_iteration
+        flops = self.body_flops + head_flops(self.config, self.padded_vocab, projected, candidate_products)
+        loss = loss_sum / loss_tokens if loss_tokens else float("nan")
         if not self._all_finite(totals):
             self.skipped_iterations += 1
             self.skipped_in_a_row += 1
@@ -375,7 +414,7 @@ class Trainer:
     def _all_finite(self, totals: torch.Tensor) -> bool:
         """Whether the loss and every gradient are finite on every rank (a collective call)."""
         finite = bool(torch.isfinite(totals).all()) and all(
-            bool(torch.isfinite(buffer.grad_data).all()) for buffer in self.model.buffers
+            bool(torch.isfinite(buffer.grad_data).all()) for chunk in self.model_chunks for buffer in chunk.buffers
         )
         flag = torch.tensor([0 if finite else 1], dtype=torch.int, device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -383,15 +422,18 @@ class Trainer:
 
     def train_data_iterator(self):
         batch = self.config.global_batch_size
-        return micro_batches(self.train_data, self.iteration * batch, self.config.micro_batch_size,
-                             self.config.num_workers, total_samples=self.config.train_iters * batch)
+        return self._data_iterators(partial(
+            micro_batches, self.train_data, self.iteration * batch, self.config.micro_batch_size,
+            self.config.num_workers, total_samples=self.config.train_iters * batch,
+        ))
 
     def train(self) -> RunSummary:
         config = self.config
         stop = StopConditions(config.exit_signal_handler, config.exit_duration_in_mins, config.exit_interval)
         data = self.train_data_iterator()
         losses, val_loss, checkpoint, saved_at, stopped_by = [], None, None, self.iteration, ""
-        self.model.train()
+        for chunk in self.model_chunks:
+            chunk.train()
         try:
             while self.iteration < config.train_iters:
                 iteration_started = time.perf_counter()
@@ -425,11 +467,13 @@ class Trainer:
 
 
 def shut_down_workers(data) -> None:
-    """Stop a DataLoader iterator's worker processes now, even while an exception's traceback still
-    holds the iterator (it would otherwise only stop them when garbage-collected)."""
-    shutdown = getattr(data, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
+    """Stop the worker processes of a DataLoader iterator (or of each model chunk's iterator) now,
+    even while an exception's traceback still holds it (it would otherwise only stop them when
+    garbage-collected)."""
+    for iterator in data if isinstance(data, list) else [data]:
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 WANDB_ID_FILE = "wandb_run_id.txt"

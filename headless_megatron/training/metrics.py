@@ -26,32 +26,80 @@ def peak_flops_per_device(mixed_precision: bool) -> float | None:
     return next((peak for fragment, peak in PEAK_FLOPS.items() if fragment in name), None)
 
 
+FLOPS_CONVENTION = "megatron-lm"
+"""How FLOPs are counted: Megatron-LM's ``num_floating_point_operations`` (dense matmuls, 3 x forward,
+causal attention scores halved), with the head of the loss actually used (see :func:`head_flops`)."""
+
+
 def transformer_flops_per_token(config) -> float:
     """Training FLOPs per token of the transformer body (forward + backward = 3 x forward matmuls).
 
-    ``config`` is a :class:`~headless_megatron.config.TrainConfig`. Attention scores are counted over
-    the full sequence, as Megatron-LM does. The output head is accounted separately: see
-    :func:`head_flops`.
+    ``config`` is a :class:`~headless_megatron.config.TrainConfig`. Megatron-LM's count: QKV (with
+    grouped-query key/value widths), output projection, MLP (3 matmuls with SwiGLU), and the two
+    attention matmuls ``QK^T`` and ``PV``, of which a causal decoder computes half the square; an
+    encoder's bidirectional attention computes all of it. The head is :func:`head_flops`.
     """
     h, s = config.hidden_size, config.seq_length
     q = config.num_attention_heads * config.head_dim
     kv = config.query_groups * config.head_dim
-    attention = 2 * h * (q + 2 * kv) + 2 * q * h + 2 * 2 * s * q
+    attended = s / 2 if config.model == "gpt" else s
+    attention = 2 * h * (q + 2 * kv) + 2 * 2 * q * attended + 2 * q * h
     mlp = 2 * h * config.ffn_size * (3 if config.swiglu else 2)
     return 3.0 * config.num_layers * (attention + mlp)
 
 
-def head_flops(config, padded_vocab: int, positions: int, candidate_products: int) -> float:
+def head_flops(config, padded_vocab: int, projected_positions: int, candidate_products: int) -> float:
     """Training FLOPs of the output head for one iteration.
 
-    Cross-entropy projects every position onto the (padded) vocabulary: ``2 h V`` per position.
-    CWT computes no projection; its matmul scores each micro-batch's K loss positions against its U
-    distinct candidates, ``2 h K U``; ``candidate_products`` is the sum of K x U over micro-batches.
+    Cross-entropy projects each of ``projected_positions`` onto the (padded) vocabulary, ``2 h V`` per
+    position (Megatron-LM's logit term): every position, or the masked ones alone with
+    ``mlm_project_masked_only``. CWT computes no projection; its matmul scores the K loss positions of
+    each micro-batch against the U candidates it contrasts them with (with ``cwt_negatives:
+    data_parallel``, the distinct targets of all data-parallel ranks), ``2 h K U``;
+    ``candidate_products`` is the sum of K x U over micro-batches and ranks.
     """
     h = config.hidden_size
     if config.loss == "cwt":
         return 3.0 * 2 * h * candidate_products
-    return 3.0 * 2 * h * padded_vocab * positions
+    return 3.0 * 2 * h * padded_vocab * projected_positions
+
+
+class CandidateCounter:
+    """The K x U products of an iteration's CWT matmuls, counted on the device.
+
+    Each micro-batch adds its K (loss positions) and the set of its target ids as a boolean row over
+    the vocabulary: no host synchronisation per micro-batch. :meth:`total` forms U per micro-batch
+    (the union over the data-parallel group when negatives are gathered across it) once per
+    iteration.
+    """
+
+    def __init__(self, vocab_size: int, data_parallel_group=None):
+        self.vocab_size = vocab_size
+        self.data_parallel_group = data_parallel_group
+        self.reset()
+
+    def reset(self) -> None:
+        self.positions: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def add(self, labels: torch.Tensor, loss_mask: torch.Tensor) -> None:
+        is_loss = loss_mask.reshape(-1) > 0
+        ids = torch.where(is_loss, labels.reshape(-1), self.vocab_size)  # non-loss positions: a spare slot
+        seen = torch.zeros(self.vocab_size + 1, dtype=torch.uint8, device=labels.device)
+        self.targets.append(seen.index_fill_(0, ids, 1)[: self.vocab_size])
+        self.positions.append(is_loss.sum())
+
+    def total(self, device) -> torch.Tensor:
+        """Sum over this rank's micro-batches of K x U (a collective over the data-parallel group
+        when one was given); then :meth:`reset`."""
+        if not self.positions:
+            return torch.zeros((), device=device)
+        targets = torch.stack(self.targets)
+        if self.data_parallel_group is not None:
+            torch.distributed.all_reduce(targets, op=torch.distributed.ReduceOp.MAX, group=self.data_parallel_group)
+        products = (torch.stack(self.positions) * targets.sum(1, dtype=torch.int64)).sum().float()
+        self.reset()
+        return products
 
 
 class MetricsLogger:
@@ -128,6 +176,7 @@ class MetricsLogger:
             "iteration_seconds": seconds,
             "consumed_samples": iteration * self.config.global_batch_size,
             "skipped_iterations": skipped,
+            "flops_convention": FLOPS_CONVENTION,
         }
         if peak:
             record["mfu"] = tflops * 1e12 / peak
@@ -136,7 +185,8 @@ class MetricsLogger:
         mfu = f" | MFU {record['mfu']:.1%}" if peak else ""
         self._print(
             f"iteration {iteration:>7d}/{self.config.train_iters} | loss {loss:.4f} | lr {lr:.3e} | "
-            f"grad norm {norm} | {tokens_per_sec:,.0f} tokens/s | {tflops:.3f} TFLOP/s/device{mfu} | "
+            f"grad norm {norm} | {tokens_per_sec:,.0f} tokens/s | {tflops:.3f} TFLOP/s/device "
+            f"({FLOPS_CONVENTION}){mfu} | "
             f"ETA {_duration(eta)}"
         )
 
