@@ -46,7 +46,7 @@ if [[ "${BENCH_GPU_SMOKE:-0}" == 1 ]]; then
     GPT_BIG=(--num-layers 2 --seq-length 64 --micro-batch-size 2 --global-batch-size 2)
     BERT=(--num-layers 2 --seq-length 64 --micro-batch-size 8 --global-batch-size 8)
     LOSS=(--shape decoder:256x64x512 --shape encoder:40x64x512@256 --iters 1)
-    SIZES=(tiny tiny tiny tiny tiny)
+    SIZES=(160m-smoke 1b-smoke 2.8b-smoke small-smoke base-smoke)  # the real runs' group names, tiny shapes
 else
     ITERS=(--iters 8 --warmup 3)
     COMMON=(--mock-data --vocab-size 50277 --bf16 --transformer-impl local)
