@@ -15,6 +15,8 @@ from __future__ import annotations
 import statistics
 import time
 
+from headless_megatron.benchmarks import print_table
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--seq-length", type=int, default=2048)
@@ -103,12 +105,8 @@ def run(args) -> int:
         if gpu:
             cells += [f"{unfused_peak / 2**20:,.0f}", f"{fused_peak / 2**20:,.0f}"]
         table.append(cells)
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
     device = torch.cuda.get_device_name() if gpu else f"cpu, {torch.get_num_threads()} threads"
     print(f"\nforward+backward of one core attention, median of {args.iters} after {args.warmup} warm-up; "
           f"torch {torch.__version__}, {device}; unfused = Megatron's DotProductAttention, SDPA = SDPAttention")
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for cells in table:
-        print(" | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+    print_table(header, table)
     return 0

@@ -22,6 +22,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from headless_megatron.benchmarks import print_table
+
 DEFAULT_SHAPES = ["decoder:16376x512x50304", "encoder:1229x768x50304@8192"]
 
 
@@ -187,10 +189,6 @@ def run(args) -> int:
                 f"{ce['peak_bytes'] / max(cwt['peak_bytes'], 1):.1f}x",
             ))
             print(f"measured {rows[-1][0]} {distribution}", flush=True)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print(f"\nforward+backward, median of {args.iters}, {args.dtype}, device {device}; peak = extra memory over the inputs")
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print_table(header, rows)
     return 0

@@ -25,6 +25,8 @@ import statistics
 import time
 from pathlib import Path
 
+from headless_megatron.benchmarks import print_table
+
 
 def add_arguments(parser) -> None:
     parser.add_argument(
@@ -136,11 +138,7 @@ def run(args) -> int:
         )
         for name, r in results
     ]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     print(f"\n{args.iters} timed iterations after {args.warmup} warm-up, median; device {base['device']}, "
           f"{args.ranks} rank(s); FLOPs counted as {FLOPS_CONVENTION}; ratios against {results[0][0]}")
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    print_table(header, rows)
     return 0
