@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from headless_megatron.data.errors import first_line
 from headless_megatron.runtime import cpu
 
 # Keys of the rendezvous store (the TCP store on MASTER_ADDR) that say where each rank runs and,
@@ -150,16 +151,11 @@ def naming_lost_ranks(wait_seconds: float = 10.0):
     except RuntimeError as error:
         if isinstance(error, dist.DistError) or "/gloo/" in str(error):
             if dist.is_initialized() and dist.get_world_size() > 1:
-                print(f"rank {dist.get_rank()}: a collective failed ({_first_line(error)}); "
+                print(f"rank {dist.get_rank()}: a collective failed ({first_line(error)}); "
                       f"{_census(wait_seconds)}", flush=True)
             for child in multiprocessing.active_children():
                 child.kill()
         raise
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _census(wait_seconds: float) -> str:
@@ -178,7 +174,7 @@ def _census(wait_seconds: float) -> str:
     except RuntimeError as error:
         # The store lives in rank 0 (srun) or in the first node's torchrun: gone with it.
         return f"the rendezvous store at {os.environ.get('MASTER_ADDR')} does not answer either " \
-               f"({_first_line(error)}): the first node or rank 0 is lost or hung"
+               f"({first_line(error)}): the first node or rank 0 is lost or hung"
     if not silent:
         return "every rank is still alive, so no rank was lost"
     named = ", ".join(f"{other} ({hosts[other]})" for other in silent)

@@ -28,6 +28,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
+from headless_megatron.data.errors import first_line
 from headless_megatron.training.signals import helper_process_setup, stop_signals_deferred
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
@@ -119,11 +120,6 @@ def checkpoint_problem(path: Path) -> str | None:
     except ConversionError as error:
         return str(error)
     return None
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _unwrap(chunk):
@@ -311,7 +307,7 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - a shape or key mismatch, or damaged data
         from headless_megatron.convert.checkpoint_reader import _root_cause
 
-        raise CheckpointError(f"{path}: cannot be loaded into this model: {_first_line(_root_cause(error))}") from error
+        raise CheckpointError(f"{path}: cannot be loaded into this model: {first_line(_root_cause(error))}") from error
     for index, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{index}"
         _unwrap(chunk).load_state_dict(loaded[key])
