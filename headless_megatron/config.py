@@ -42,11 +42,13 @@ from typing import Any, Literal, NamedTuple
 
 import yaml
 
+from headless_megatron.errors import UserError
+
 if typing.TYPE_CHECKING:
     from megatron.core.transformer.transformer_config import TransformerConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration mistake, in one line that starts with the key (or file) at fault."""
 
 

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-EXIT_BAD_INPUT = 2
+from headless_megatron.errors import EXIT_BAD_INPUT
 PROG = "headless-megatron eval"
 
 TARGETS = {

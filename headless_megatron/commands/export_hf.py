@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 
-EXIT_BAD_INPUT = 2
+from headless_megatron.errors import EXIT_BAD_INPUT
 EXIT_UPLOAD_FAILED = 1
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -59,7 +59,7 @@ def run(args) -> int:
 
     from headless_megatron.convert import ConversionError
     from headless_megatron.convert.export import export_hf, push_to_hub
-    from headless_megatron.data.errors import first_line
+    from headless_megatron.errors import first_line
 
     prog = "headless-megatron export-hf"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -30,7 +30,7 @@ from headless_megatron.data.indexed import TOKEN_DTYPES
 from headless_megatron.data.sources import TXT_DOCUMENT_UNITS
 from headless_megatron.data.tokenizer_training import KINDS as TOKENIZER_KINDS
 
-EXIT_BAD_INPUT = 2
+from headless_megatron.errors import EXIT_BAD_INPUT
 EXIT_INTERRUPTED = 128 + 2  # what a shell reports for SIGINT
 
 

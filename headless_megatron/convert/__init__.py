@@ -26,6 +26,8 @@ A new family is one more module implementing :class:`~mapping.Conversion`, regis
 Every expected failure raises :class:`ConversionError` with a one-line message.
 """
 
+from headless_megatron.errors import UserError
 
-class ConversionError(ValueError):
+
+class ConversionError(UserError):
     """A checkpoint or model directory that cannot be converted, in one line saying why."""

@@ -44,7 +44,7 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 
 from headless_megatron.config import ConfigError, TrainConfig
 from headless_megatron.convert import ConversionError
-from headless_megatron.data.errors import first_line
+from headless_megatron.errors import first_line
 from headless_megatron.training.checkpoint import CheckpointError, iteration_dir, latest_checkpoint
 
 COMMON_FILE = "common.pt"

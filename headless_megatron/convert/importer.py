@@ -44,7 +44,8 @@ from headless_megatron.convert.atomic import atomic_directory, check_apart, chec
 from headless_megatron.convert.llama import LlamaConversion
 from headless_megatron.convert.mapping import Conversion, RegionReader, TensorMapping, megatron_region
 from headless_megatron.convert.megatron_bert import MegatronBertConversion
-from headless_megatron.data.errors import DataError, first_line
+from headless_megatron.data.errors import DataError
+from headless_megatron.errors import first_line
 from headless_megatron.training.checkpoint import iteration_dir
 
 # model_type of the HF config -> the conversion that imports it.

@@ -110,7 +110,8 @@ def check_indexed_dataset(prefix: str) -> None:
     missing, unreadable or disagree (one cut short, or rewritten without the other)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from headless_megatron.data.errors import DataError, first_line
+    from headless_megatron.data.errors import DataError
+    from headless_megatron.errors import first_line
 
     for suffix in (".idx", ".bin"):
         if not Path(prefix + suffix).is_file():

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from headless_megatron.data import builtin
-from headless_megatron.data.errors import DataError, first_line
+from headless_megatron.data.errors import DataError
+from headless_megatron.errors import first_line
 
 # File name endings -> the ``datasets`` builder that reads them.
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}

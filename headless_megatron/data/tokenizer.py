@@ -40,7 +40,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from headless_megatron.data.errors import DataError, first_line
+from headless_megatron.data.errors import DataError
+from headless_megatron.errors import first_line
 from headless_megatron.data.sources import looks_like_a_local_path
 
 if TYPE_CHECKING:

@@ -12,11 +12,13 @@ directory. Modules import their heavy dependencies (``lm_eval``, ``transformers`
 inside functions, so importing this package is cheap.
 """
 
+from headless_megatron.errors import UserError
+
 LM_RESULTS_FILE = "eval_lm.json"
 LM_TABLE_FILE = "eval_lm.md"
 GLUE_RESULTS_FILE = "glue.json"
 GLUE_TABLE_FILE = "glue.md"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError):
     """A usage or input mistake, in one line (printed as ``headless-megatron eval: error: ...``)."""

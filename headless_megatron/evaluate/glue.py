@@ -236,7 +236,7 @@ def _label(task: GlueTask, value: Any, path: Path, number: int) -> float | int:
 def _load_from_hub(task: GlueTask, splits: Sequence[str]) -> dict[str, Examples]:
     import datasets
 
-    from headless_megatron.data.errors import first_line
+    from headless_megatron.errors import first_line
 
     try:
         data = datasets.load_dataset(HUB_DATASET, task.name)
@@ -490,7 +490,7 @@ def evaluate_glue(model: str, tasks: Sequence[str] = PAPER_TASKS, *, data_dir: s
 def _check_model_loads(model: str) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
-    from headless_megatron.data.errors import first_line
+    from headless_megatron.errors import first_line
 
     for what, loader in (("config", AutoConfig), ("tokenizer", AutoTokenizer)):
         try:

@@ -85,7 +85,7 @@ def load_tokenizer_for_harness(model: str):
     """
     from transformers import AutoTokenizer
 
-    from headless_megatron.data.errors import first_line
+    from headless_megatron.errors import first_line
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
@@ -162,7 +162,7 @@ def evaluate_lm(
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    from headless_megatron.data.errors import first_line
+    from headless_megatron.errors import first_line
 
     check_model_path(model)
     tasks = list(tasks)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from headless_megatron.data.errors import first_line
+from headless_megatron.errors import first_line
 from headless_megatron.runtime import cpu
 
 # Keys of the rendezvous store (the TCP store on MASTER_ADDR) that say where each rank runs and,

@@ -28,7 +28,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-from headless_megatron.data.errors import first_line
+from headless_megatron.errors import UserError, first_line
 from headless_megatron.training.signals import helper_process_setup, stop_signals_deferred
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
@@ -41,7 +41,7 @@ SHARDING_METADATA = {
 }
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint that should exist is missing, unreadable or incompatible (one-line message)."""
 
 
