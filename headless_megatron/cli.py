@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
         os.environ[VERBOSE_VARIABLE] = "1"  # read by this process and by the ranks it starts
     quiet_known_warnings()
-    nproc, argv = split_nproc_flag(argv)
+    try:
+        nproc, argv = split_nproc_flag(argv)
+    except UsageError as error:
+        return report_user_error("headless-megatron", error)
     parser = build_parser()
     if not argv or argv[0] not in SUBCOMMANDS:
         parser.parse_args(argv)  # handles --version/--help and reports an unknown command

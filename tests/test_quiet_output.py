@@ -5,6 +5,7 @@ them again."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,8 +15,10 @@ TINY = ["--config", "configs/gpt_headless_tiny.yaml", "--mock-data", "--vocab-si
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
+    # Without the filters an in-process cli.main of another test exported into this process's environment.
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONWARNINGS"}
     return subprocess.run([sys.executable, "-m", "headless_megatron", *argv], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 def _noise(stderr: str) -> list[str]:

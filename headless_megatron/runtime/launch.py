@@ -21,6 +21,8 @@ import signal
 import sys
 import tempfile
 
+from headless_megatron.errors import UsageError
+
 NPROC_FLAG = "--nproc-per-node"
 
 
@@ -33,7 +35,7 @@ def split_nproc_flag(argv: list[str]) -> tuple[int | None, list[str]]:
         arg = argv[i]
         if arg in (NPROC_FLAG, "--nproc_per_node"):
             if i + 1 >= len(argv):
-                raise SystemExit(f"{NPROC_FLAG}: expected a number of processes after the flag")
+                raise UsageError(f"{NPROC_FLAG}: expected a number of processes after the flag")
             value, i = argv[i + 1], i + 2
         elif arg.startswith((NPROC_FLAG + "=", "--nproc_per_node=")):
             value, i = arg.split("=", 1)[1], i + 1
@@ -42,7 +44,7 @@ def split_nproc_flag(argv: list[str]) -> tuple[int | None, list[str]]:
             i += 1
             continue
         if not value.isdigit() or int(value) < 1:
-            raise SystemExit(f"{NPROC_FLAG}: expected a positive integer, got {value!r}")
+            raise UsageError(f"{NPROC_FLAG}: expected a positive integer, got {value!r}")
         nproc = int(value)
     return nproc, rest
 
@@ -63,7 +65,7 @@ def launch_local_ranks(nproc: int, argv: list[str]) -> int:
     """Run ``python -m headless_megatron *argv`` on ``nproc`` local ranks; return the exit code."""
     from torch.distributed.run import get_args_parser, run
 
-    from headless_megatron.errors import EXIT_BAD_INPUT, REPORTED_MARK_VARIABLE, UsageError
+    from headless_megatron.errors import EXIT_BAD_INPUT, REPORTED_MARK_VARIABLE
 
     if "RANK" in os.environ:
         raise UsageError(
