@@ -65,7 +65,7 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="headless-megatron",
         description="Megatron-Core trainer for headless language models (Contrastive Weight Tying).",
         epilog="Any subcommand also takes --nproc-per-node N to run on N local ranks.",
