@@ -1,19 +1,34 @@
 """The ``headless-megatron`` command line: one program, one subcommand per job.
 
 Subcommands live in their own modules, imported only when chosen, so ``--version`` and ``--help``
-stay instant. Each module defines ``add_arguments(parser)`` and ``run(args) -> int``. Any subcommand
-accepts ``--nproc-per-node N`` to start N local ranks through torchrun.
+stay instant. Each module defines ``add_arguments(parser)`` and ``run(args) -> int``, and may define
+``reject_unknown_arguments(unknown)`` and ``validate_for_launch(args, world_size)``. Any subcommand
+accepts ``--nproc-per-node N`` to start N local ranks through torchrun; the command line is parsed
+and, where the command can, validated in the launching process first.
+
+A :class:`~headless_megatron.errors.UserError` from any command is printed here as one line,
+``headless-megatron <command>: error: <message>``, with exit status 2; any other exception keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-import warnings
 
 from headless_megatron import __version__
-from headless_megatron.runtime.launch import launch_local_ranks, split_nproc_flag
+from headless_megatron.errors import OneLineErrorParser, UsageError, UserError, report_user_error
+from headless_megatron.quiet import VERBOSE_VARIABLE, quiet_known_warnings
+from headless_megatron.runtime.launch import (
+    NPROC_FLAG,
+    SINGLE_PROCESS_COMMANDS,
+    launch_local_ranks,
+    split_nproc_flag,
+)
+
+VERBOSE_FLAG = "--verbose"
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
@@ -50,41 +65,46 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="headless-megatron",
         description="Megatron-Core trainer for headless language models (Contrastive Weight Tying).",
         epilog="Any subcommand also takes --nproc-per-node N to run on N local ranks.",
     )
     parser.add_argument("--version", action="version", version=f"headless-megatron {__version__}")
+    parser.add_argument(VERBOSE_FLAG, action="store_true",
+                        help="also show the third-party warnings hidden by default (before the command)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         commands.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 
 
-def quiet_known_warnings() -> None:
-    """Megatron-Core warns at import about every optional kernel it does not find, and torch about
-    collectives Megatron still calls by their old names; ``headless-megatron env`` reports the former."""
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf")
-
-
 def main(argv: list[str] | None = None) -> int:
-    quiet_known_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
-    nproc, argv = split_nproc_flag(argv)
+    if argv[:1] == [VERBOSE_FLAG]:
+        argv = argv[1:]
+        os.environ[VERBOSE_VARIABLE] = "1"  # read by this process and by the ranks it starts
+    quiet_known_warnings()
+    try:
+        nproc, argv = split_nproc_flag(argv)
+    except UsageError as error:
+        return report_user_error("headless-megatron", error)
     parser = build_parser()
     if not argv or argv[0] not in SUBCOMMANDS:
         parser.parse_args(argv)  # handles --version/--help and reports an unknown command
         parser.print_help()
         return 2
-    if nproc is not None:
-        return launch_local_ranks(nproc, argv)
+    try:
+        return _run_command(argv, nproc)
+    except UserError as error:
+        return report_user_error(f"headless-megatron {argv[0]}", error)
+
+
+def _run_command(argv: list[str], nproc: int | None) -> int:
+    if nproc is not None and argv[0] in SINGLE_PROCESS_COMMANDS:
+        raise UsageError(f"{NPROC_FLAG}: {argv[0]} does not run on ranks; {SINGLE_PROCESS_COMMANDS[argv[0]]}")
     command = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    sub_parser = argparse.ArgumentParser(
-        prog=f"headless-megatron {argv[0]}", description=SUBCOMMANDS[argv[0]][1]
-    )
+    sub_parser = OneLineErrorParser(prog=f"headless-megatron {argv[0]}", description=SUBCOMMANDS[argv[0]][1])
     command.add_arguments(sub_parser)
     args, unknown = sub_parser.parse_known_args(argv[1:])
     if unknown:
@@ -93,4 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         if explain is None:
             sub_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         return explain(unknown)
+    if nproc is not None:
+        # A mistake in the configuration is reported here, once, before any rank starts.
+        validate = getattr(command, "validate_for_launch", None)
+        if validate is not None:
+            validate(args, nproc)
+        return launch_local_ranks(nproc, argv)
     return int(command.run(args) or 0)

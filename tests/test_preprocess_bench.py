@@ -1,5 +1,6 @@
 """bench preprocess: a table of tokens/s per worker count over full preprocessing runs."""
 
+from headless_megatron.cli import main
 from headless_megatron.commands.bench import main_for_tool
 
 
@@ -16,5 +17,5 @@ def test_table_with_one_and_two_workers(capsys):
 
 
 def test_bad_input_is_reported(capsys):
-    assert main_for_tool("preprocess", ["--input", "missing.jsonl"]) == 2
-    assert capsys.readouterr().err == "bench preprocess: error: --input missing.jsonl: no such file or directory\n"
+    assert main(["bench", "preprocess", "--input", "missing.jsonl"]) == 2
+    assert capsys.readouterr().err == "headless-megatron bench: error: --input missing.jsonl: no such file or directory\n"

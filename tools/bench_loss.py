@@ -3,7 +3,7 @@
 
 import sys
 
-from headless_megatron.commands.bench import main_for_tool
+from headless_megatron.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main_for_tool("loss"))
+    sys.exit(main(["bench", "loss", *sys.argv[1:]]))

@@ -3,9 +3,7 @@
 
 import sys
 
-from headless_megatron.cli import quiet_known_warnings
-from headless_megatron.commands.bench import main_for_tool
+from headless_megatron.cli import main
 
 if __name__ == "__main__":
-    quiet_known_warnings()  # Megatron-Core's import-time notes about optional kernels, as the CLI does
-    sys.exit(main_for_tool("preprocess"))
+    sys.exit(main(["bench", "preprocess", *sys.argv[1:]]))

@@ -93,14 +93,9 @@ class RoundTrip:
 
 
 def run(args) -> int:
-    from headless_megatron.convert import ConversionError
     from headless_megatron.convert.export import shard_size_bytes
 
-    try:
-        max_shard = shard_size_bytes(args.max_shard_size)
-    except ConversionError as error:
-        print(f"bench convert: error: {error}", file=sys.stderr)
-        return 2
+    max_shard = shard_size_bytes(args.max_shard_size)
     layout = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
     print(f"import at TP{layout[0]} x PP{layout[1]}, export with --max-shard-size {args.max_shard_size}; "
           f"{os.cpu_count()} CPUs; memory: peak PSS (anonymous + shared) of the step's process tree above its baseline", flush=True)

@@ -158,11 +158,12 @@ def _fmt_mb(size: int) -> str:
 def run(args) -> int:
     from headless_megatron.runtime.local_ranks import run_on_ranks
 
+    from headless_megatron.errors import UsageError
+
     try:
         shapes = [Shape.parse(text) for text in (args.shape or DEFAULT_SHAPES)]
     except ValueError as error:
-        print(f"headless-megatron bench loss: error: {error}")
-        return 2
+        raise UsageError(str(error)) from None
     header = ("shape", "ids", "K", "U", "V/U", "CE ms", "CWT ms", "speed-up", "CE MB", "CWT MB", "memory ratio")
     rows = []
     device = "?"

@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import sys
 import tempfile
 from pathlib import Path
-
-from headless_megatron.data.errors import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,14 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    try:
-        return _run(args)
-    except DataError as exc:
-        print(f"bench preprocess: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args) -> int:
     from headless_megatron.data.indexed import DatasetPaths
     from headless_megatron.data.preprocess import build_dataset, prepare_tokenizer
     from headless_megatron.data.sources import Corpus, open_corpus

@@ -105,15 +105,21 @@ def _measure(argv: list[str], iters: int, warmup: int) -> dict | None:
 
 
 def run(args) -> int:
+    from headless_megatron.config import parse_config
     from headless_megatron.runtime.local_ranks import run_on_ranks
     from headless_megatron.training.metrics import FLOPS_CONVENTION
 
     fixed = ["--train-iters", str(args.warmup + args.iters), "--lr-warmup-iters", "0", "--eval-iters", "0", "--num-workers", "0",
              "--log-interval", str(10**9), "--save", "none", "--load", "none"]
-    results = []
+    runs = []
     for config in args.config:
         path, *own_flags = shlex.split(config)
         argv = ["--config", path, *args.overrides, *own_flags, *fixed]
+        # Every config's mistakes are one line here, before any rank of any config starts.
+        parse_config(argv).validate(args.ranks)
+        runs.append((config, path, own_flags, argv))
+    results = []
+    for config, path, own_flags, argv in runs:
         result = run_on_ranks(_measure, args.ranks, args=(argv, args.iters, args.warmup), timeout=3600)[0]
         name = " ".join([Path(path).stem, *own_flags])
         results.append((name, result))

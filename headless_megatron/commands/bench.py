@@ -1,13 +1,16 @@
 """``headless-megatron bench <target>``: benchmarks that print a table, one module per target.
 
 Each target module in ``headless_megatron/benchmarks/`` defines ``add_arguments(parser)`` and
-``run(args)``, like a subcommand; ``tools/bench_<target>.py`` calls the same module.
+``run(args)``, like a subcommand; ``tools/bench_<target>.py`` runs the same command. Bad input
+raises a ``UserError``, which the CLI prints as one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+
+from headless_megatron.errors import OneLineErrorParser
 
 TARGETS = {
     "attention": ("headless_megatron.benchmarks.attention", "fused (SDPA) vs Megatron's unfused core attention"),
@@ -29,8 +32,8 @@ def run(args) -> int:
 
 
 def main_for_tool(target: str, argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Parse the target's options and run it; also the entry of ``tools/bench_<target>.py``."""
+    """Parse the target's options and run it."""
     module = importlib.import_module(TARGETS[target][0])
-    parser = argparse.ArgumentParser(prog=prog or f"bench_{target}.py", description=TARGETS[target][1])
+    parser = OneLineErrorParser(prog=prog or f"bench_{target}.py", description=TARGETS[target][1])
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(argv)) or 0)

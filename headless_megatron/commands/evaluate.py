@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from headless_megatron.errors import EXIT_BAD_INPUT
+from headless_megatron.errors import OneLineErrorParser, UsageError
+
 PROG = "headless-megatron eval"
 
 TARGETS = {
@@ -37,22 +37,12 @@ def run(args) -> int:
 
 
 def main(target: str, argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"{PROG} {target}", description=TARGETS[target])
+    parser = OneLineErrorParser(prog=f"{PROG} {target}", description=TARGETS[target])
     (add_lm_arguments if target == "lm" else add_glue_arguments)(parser)
     args = parser.parse_args(argv)
-    from headless_megatron.evaluate import EvaluationError
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return _error("runs in one process; drop --nproc-per-node (and torchrun)")
-    try:
-        return run_lm(args) if target == "lm" else run_glue(args)
-    except EvaluationError as error:
-        return _error(str(error))
-
-
-def _error(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+        raise UsageError("runs in one process; drop --nproc-per-node (and torchrun)")
+    return run_lm(args) if target == "lm" else run_glue(args)
 
 
 def _positive_int(text: str) -> int:

@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 
-from headless_megatron.errors import EXIT_BAD_INPUT
 EXIT_UPLOAD_FAILED = 1
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -57,26 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
-    from headless_megatron.convert import ConversionError
     from headless_megatron.convert.export import export_hf, push_to_hub
-    from headless_megatron.errors import first_line
+    from headless_megatron.errors import UsageError, first_line
 
-    prog = "headless-megatron export-hf"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        print(f"{prog}: error: runs in one process; drop --nproc-per-node (and torchrun)", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UsageError("runs in one process; drop --nproc-per-node (and torchrun)")
     if args.private and not args.push_to_hub:
-        print(f"{prog}: error: --private applies to --push-to-hub", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        result = export_hf(
-            args.checkpoint, args.output, mode=args.mode, iteration=args.iteration, tokenizer=args.tokenizer,
-            dtype=getattr(torch, args.dtype) if args.dtype else None, overwrite=args.overwrite,
-            max_shard_size=_size(args.max_shard_size), progress=lambda line: print(f"export-hf: {line}", flush=True),
-        )
-    except ConversionError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UsageError("--private applies to --push-to-hub")
+    result = export_hf(
+        args.checkpoint, args.output, mode=args.mode, iteration=args.iteration, tokenizer=args.tokenizer,
+        dtype=getattr(torch, args.dtype) if args.dtype else None, overwrite=args.overwrite,
+        max_shard_size=_size(args.max_shard_size), progress=lambda line: print(f"export-hf: {line}", flush=True),
+    )
     print(f"export-hf: wrote {result.output} ({result.architecture}, mode {result.mode}, iteration "
           f"{result.iteration}, {result.parameters:,} parameters, vocabulary {result.vocab_size}, "
           f"{result.weight_files} weight file{'s' if result.weight_files > 1 else ''})")
@@ -84,7 +75,7 @@ def run(args) -> int:
         try:
             url = push_to_hub(result.output, args.push_to_hub, private=args.private)
         except Exception as error:  # noqa: BLE001 - network and authentication errors of huggingface_hub
-            print(f"{prog}: error: uploading to {args.push_to_hub} failed: {first_line(error)}", file=sys.stderr)
+            print(f"headless-megatron export-hf: error: uploading to {args.push_to_hub} failed: {first_line(error)}", file=sys.stderr)
             return EXIT_UPLOAD_FAILED
         print(f"export-hf: uploaded to {url}")
     return 0

@@ -6,5 +6,6 @@ from functools import partial
 from headless_megatron.commands import pretrain
 
 add_arguments = pretrain.add_arguments
-reject_unknown_arguments = partial(pretrain.reject_unknown_arguments, command="finetune")
+reject_unknown_arguments = pretrain.reject_unknown_arguments
+validate_for_launch = partial(pretrain.validate_for_launch, command="finetune")
 run = partial(pretrain.run, command="finetune")

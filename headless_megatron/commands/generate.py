@@ -3,8 +3,9 @@ decoder through ``transformers`` (the check that an export is a working language
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+
+from headless_megatron.errors import UsageError
 
 
 def add_arguments(parser) -> None:
@@ -26,8 +27,7 @@ def run(args) -> int:
     elif args.temperature < 0:
         problem = f"--temperature {args.temperature}: expected 0 (greedy) or a positive temperature"
     if problem:
-        print(f"headless-megatron generate: error: {problem}", file=sys.stderr)
-        return 2
+        raise UsageError(problem)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

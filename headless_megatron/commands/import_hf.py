@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-
-from headless_megatron.errors import EXIT_BAD_INPUT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,21 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from headless_megatron.convert import ConversionError
     from headless_megatron.convert.importer import import_hf
+    from headless_megatron.errors import UsageError
 
-    prog = "headless-megatron import-hf"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        print(f"{prog}: error: starts its own ranks; drop --nproc-per-node (and torchrun)", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        result = import_hf(
-            args.model, args.output, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-            tokenizer=args.tokenizer, overwrite=args.overwrite,
-        )
-    except ConversionError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UsageError("starts its own ranks; drop --nproc-per-node (and torchrun)")
+    result = import_hf(
+        args.model, args.output, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+        tokenizer=args.tokenizer, overwrite=args.overwrite,
+    )
     print(f"import-hf: wrote {result.checkpoint} ({result.architecture}, TP {result.tensor_model_parallel_size} x "
           f"PP {result.pipeline_model_parallel_size}, vocabulary {result.vocab_size}); train from it with "
           f"--pretrained {result.output}")

@@ -30,7 +30,6 @@ from headless_megatron.data.indexed import TOKEN_DTYPES
 from headless_megatron.data.sources import TXT_DOCUMENT_UNITS
 from headless_megatron.data.tokenizer_training import KINDS as TOKENIZER_KINDS
 
-from headless_megatron.errors import EXIT_BAD_INPUT
 EXIT_INTERRUPTED = 128 + 2  # what a shell reports for SIGINT
 
 
@@ -82,9 +81,6 @@ def run(args) -> int:
     try:
         with _sigterm_as_exit():
             return _run(args)
-    except DataError as exc:
-        print(f"headless-megatron preprocess: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("headless-megatron preprocess: interrupted; partial outputs removed", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -18,37 +18,38 @@ def add_arguments(parser) -> None:
     add_config_arguments(parser)
 
 
-def _fail(command: str, error: Exception, code: int) -> int:
-    print(f"headless-megatron {command}: error: {error}", file=sys.stderr)
-    return code
+def reject_unknown_arguments(unknown: list[str]) -> int:
+    """Raise the ``ConfigError`` that names the first unknown flag and the closest known one."""
+    from headless_megatron.config import reject_unknown_flags
 
-
-def reject_unknown_arguments(unknown: list[str], command: str = "pretrain") -> int:
-    from headless_megatron.config import ConfigError, reject_unknown_flags
-
-    try:
-        reject_unknown_flags(unknown)
-    except ConfigError as error:
-        return _fail(command, error, 2)
+    reject_unknown_flags(unknown)
     return 2
 
 
-def run(args, command: str = "pretrain") -> int:
+def _config(args, command: str):
     from headless_megatron.config import ConfigError, config_from_args
-    from headless_megatron.data.errors import DataError
+
+    config = config_from_args(args)
+    if command == "finetune" and not config.pretrained:
+        raise ConfigError("pretrained: finetune starts from a checkpoint: give --pretrained DIR")
+    return config
+
+
+def validate_for_launch(args, world_size: int, command: str = "pretrain") -> None:
+    """The config checks that need no rank, run by ``--nproc-per-node`` before it starts any."""
+    _config(args, command).validate(world_size)
+
+
+def run(args, command: str = "pretrain") -> int:
     from headless_megatron.runtime.distributed import destroy_distributed, is_rank_zero
-    from headless_megatron.training.checkpoint import CheckpointError
     from headless_megatron.training.loop import NumericalError, pretrain
 
     try:
-        config = config_from_args(args)
-        if command == "finetune" and not config.pretrained:
-            raise ConfigError("pretrained: finetune starts from a checkpoint: give --pretrained DIR")
-        summary = pretrain(config)
-    except (ConfigError, CheckpointError, DataError) as error:
-        return _fail(command, error, 2)
+        summary = pretrain(_config(args, command))
     except NumericalError as error:
-        return _fail(command, error, 1)
+        # Not the user's input, but a diverged run is explained by its one line, not a traceback.
+        print(f"headless-megatron {command}: error: {error}", file=sys.stderr)
+        return 1
     reporting = is_rank_zero()
     destroy_distributed()
     if reporting:

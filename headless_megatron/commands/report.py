@@ -12,9 +12,6 @@ or unreadable run prints ``headless-megatron report: error: <message>`` and exit
 from __future__ import annotations
 
 import argparse
-import sys
-
-from headless_megatron.errors import EXIT_BAD_INPUT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,15 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from headless_megatron.evaluate import EvaluationError
     from headless_megatron.evaluate.report import make_report
 
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
-    try:
-        result = make_report(args.runs, args.output, labels)
-    except EvaluationError as error:
-        print(f"headless-megatron report: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    result = make_report(args.runs, args.output, labels)
     print(result["markdown"].read_text(), end="")
     print(f"report: wrote {', '.join(str(p) for p in result['plots'].values())}, {result['markdown']} "
           f"and {result['json']}")

@@ -22,6 +22,7 @@ from typing import Iterator
 import torch
 
 from headless_megatron.data.tokenizer import Tokenizer
+from headless_megatron.quiet import drop_log_records
 from headless_megatron.training.signals import ignore_stop_signals
 
 
@@ -101,6 +102,9 @@ def build_gpt_datasets(config, tokenizer: Tokenizer | None, samples: tuple[int, 
         dataset_config.split_matrix = [
             bounds if wanted else None for bounds, wanted in zip(dataset_config.split_matrix, samples)
         ]
+    else:
+        # Mock data is cheap to rebuild and given no cache directory on purpose; Megatron warns of it per split.
+        drop_log_records(MockGPTDataset.__module__, r"^Unable to save MockGPTDataset indexes because path_to_cache is None$")
     dataset_class = MockGPTDataset if config.mock_data else GPTDataset
     return BlendedMegatronDatasetBuilder(dataset_class, list(samples), lambda: True, dataset_config).build()
 

@@ -16,7 +16,8 @@ What is redirected, and why each piece is needed (line numbers refer to megatron
   holds. On CPU, dropout inside ``fork()`` therefore draws from the default CPU generator, which
   that check would report on every forward; with dropout it says nothing useful on CPU and is
   filtered out of Megatron's log.
-* ``torch.cuda.synchronize`` (pipeline p2p) becomes a no-op.
+* ``torch.cuda.synchronize`` (pipeline p2p) becomes a no-op, and Megatron's advice to set
+  ``CUDA_DEVICE_MAX_CONNECTIONS`` (a CUDA stream setting) is not shown.
 * A process-wide :class:`torch.overrides.TorchFunctionMode` maps literal ``"cuda"`` devices in factory
   calls and ``Tensor.to`` to CPU (schedules' token counters, optimizer scalars, grad clipping), makes
   ``Tensor.cuda()`` a no-op (the tied embedding copy on the last pipeline stage), and reports CPU
@@ -34,6 +35,8 @@ import threading
 
 import torch
 from torch.overrides import TorchFunctionMode
+
+from headless_megatron.quiet import ignore_warning
 
 _lock = threading.Lock()
 _active = False
@@ -60,6 +63,9 @@ def activate() -> bool:
         _emulate_cuda_rng()
         torch.cuda.synchronize = _no_op
         _CudaDevicesToCpu().__enter__()  # stays entered for the life of the process
+        # A CUDA stream setting, meaningless without CUDA (TP's async all-reduce, SP).
+        ignore_warning(r"When using .* it is recommended to set the environment variable CUDA_DEVICE_MAX_CONNECTIONS",
+                       UserWarning, r"megatron\.core\.tensor_parallel\.layers")
         _active = True
     return True
 

@@ -2,7 +2,9 @@
 
 The command re-runs itself as ``torchrun --standalone --nproc-per-node N -m headless_megatron
 <command> ...`` (without the flag), so one command line works on a laptop, a GPU node and, with
-``torchrun``/``srun`` written out by the user, on a cluster.
+``torchrun``/``srun`` written out by the user, on a cluster. The CLI has parsed and validated the
+command line before (a bad config key is one line, printed once); a rank that still fails on bad
+input prints its one line, and the launcher adds nothing to it.
 
 Stop signals are the ranks' to handle (they finish the iteration, save and exit 0): the launcher
 passes SIGTERM and SIGUSR1 on to them instead of letting torchrun's agent turn them into a failure
@@ -17,6 +19,9 @@ import logging
 import os
 import signal
 import sys
+import tempfile
+
+from headless_megatron.errors import UsageError
 
 NPROC_FLAG = "--nproc-per-node"
 
@@ -30,7 +35,7 @@ def split_nproc_flag(argv: list[str]) -> tuple[int | None, list[str]]:
         arg = argv[i]
         if arg in (NPROC_FLAG, "--nproc_per_node"):
             if i + 1 >= len(argv):
-                raise SystemExit(f"{NPROC_FLAG}: expected a number of processes after the flag")
+                raise UsageError(f"{NPROC_FLAG}: expected a number of processes after the flag")
             value, i = argv[i + 1], i + 2
         elif arg.startswith((NPROC_FLAG + "=", "--nproc_per_node=")):
             value, i = arg.split("=", 1)[1], i + 1
@@ -39,12 +44,12 @@ def split_nproc_flag(argv: list[str]) -> tuple[int | None, list[str]]:
             i += 1
             continue
         if not value.isdigit() or int(value) < 1:
-            raise SystemExit(f"{NPROC_FLAG}: expected a positive integer, got {value!r}")
+            raise UsageError(f"{NPROC_FLAG}: expected a positive integer, got {value!r}")
         nproc = int(value)
     return nproc, rest
 
 
-# Commands that work in one process (several would race on one output): they refuse the flag.
+# Commands that work in one process (several would race on one output): the CLI refuses the flag.
 SINGLE_PROCESS_COMMANDS = {
     "preprocess": "use --workers N to tokenize in parallel",
     "generate": "it runs in one process",
@@ -58,14 +63,12 @@ SINGLE_PROCESS_COMMANDS = {
 
 def launch_local_ranks(nproc: int, argv: list[str]) -> int:
     """Run ``python -m headless_megatron *argv`` on ``nproc`` local ranks; return the exit code."""
-    if argv and argv[0] in SINGLE_PROCESS_COMMANDS:
-        print(f"headless-megatron {argv[0]}: error: {NPROC_FLAG}: {argv[0]} does not run on ranks; "
-              f"{SINGLE_PROCESS_COMMANDS[argv[0]]}", file=sys.stderr)
-        return 2
     from torch.distributed.run import get_args_parser, run
 
+    from headless_megatron.errors import EXIT_BAD_INPUT, REPORTED_MARK_VARIABLE
+
     if "RANK" in os.environ:
-        raise SystemExit(
+        raise UsageError(
             f"{NPROC_FLAG} given inside an already launched rank (RANK is set); "
             "drop the flag when starting through torchrun or srun"
         )
@@ -78,19 +81,25 @@ def launch_local_ranks(nproc: int, argv: list[str]) -> int:
     os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
     # The ranks print their own errors; torchrun's log lines about them would bury those.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    with _stop_signals_passed_to_ranks():
+    with tempfile.TemporaryDirectory(prefix="headless-megatron-") as scratch, _stop_signals_passed_to_ranks():
+        # A mistake every rank finds (a missing data file) is printed by the first of them only.
+        os.environ[REPORTED_MARK_VARIABLE] = os.path.join(scratch, "error-reported")
         try:
             run(torchrun_args)
         except Exception as error:
             failures = getattr(error, "failures", None) or {}
             codes = sorted({failure.exitcode for failure in failures.values()})
-            ranks = ", ".join(map(str, sorted(failures))) or "?"
-            print(f"headless-megatron: rank {ranks} of {nproc} failed (exit code {', '.join(map(str, codes)) or '?'})",
-                  file=sys.stderr)
             # A bad-input error (2) stays the command's exit code; ranks that torchrun stopped
             # because of it (SIGTERM, -15) say nothing more.
             exited = {code for code in codes if code > 0}
+            if exited == {EXIT_BAD_INPUT}:
+                return EXIT_BAD_INPUT  # a rank has printed the one line that says why
+            ranks = ", ".join(map(str, sorted(failures))) or "?"
+            print(f"headless-megatron: rank {ranks} of {nproc} failed (exit code {', '.join(map(str, codes)) or '?'})",
+                  file=sys.stderr)
             return exited.pop() if len(exited) == 1 else 1
+        finally:
+            del os.environ[REPORTED_MARK_VARIABLE]
     return 0
 
 
