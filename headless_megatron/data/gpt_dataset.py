@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 
 from headless_megatron.data.tokenizer import Tokenizer
-from headless_megatron.training.signals import ignore_stop_signals
+from headless_megatron.runtime.processes import ignore_stop_signals
 
 
 class MicroBatchSampler:
