@@ -3,9 +3,9 @@ test_training_loop.py, resharding in test_megatron_layouts.py)."""
 
 from __future__ import annotations
 
+import megatron_helpers as mh
 import pytest
 
-import megatron_helpers as mh
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
 from headless_megatron.runtime.local_ranks import run_on_ranks
 from headless_megatron.training.checkpoint import (

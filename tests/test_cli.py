@@ -76,5 +76,5 @@ def test_pretrain_on_two_ranks_prints_where_checkpoint_and_metrics_are(tmp_path)
 def test_pretrain_config_errors_are_one_line_with_exit_code_2(args, message):
     done = _cli("pretrain", "--config", "configs/gpt_headless_tiny.yaml", *args)
     assert done.returncode == 2
-    (line,) = [l for l in done.stderr.splitlines() if l.startswith("headless-megatron pretrain: error:")]
+    (line,) = [text for text in done.stderr.splitlines() if text.startswith("headless-megatron pretrain: error:")]
     assert message in line

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 import torch
-
 from data_fixtures import tiny_builtin_dataset
+from test_convert_export import VOCAB, pretrain_each, training_argv
+
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.checkpoint_reader import open_checkpoint
 from headless_megatron.runtime.local_ranks import run_on_ranks
-from test_convert_export import VOCAB, pretrain_each, training_argv
 
 TP2_PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
 UNTIED = ["--loss", "ce", "--untie-embeddings-and-output-weights"]

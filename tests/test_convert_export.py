@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_fixtures import tiny_builtin_dataset
+
 from headless_megatron.cli import main
 from headless_megatron.config import parse_config
 from headless_megatron.convert import ConversionError

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from data_fixtures import tiny_builtin_dataset
 from safetensors.torch import load_file
+from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, pretrain_each
 from transformers import MegatronBertConfig, MegatronBertForMaskedLM, MegatronBertModel
 
-from data_fixtures import tiny_builtin_dataset
 from headless_megatron.config import TrainConfig
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.export import export_hf
@@ -16,7 +17,6 @@ from headless_megatron.convert.importer import import_hf
 from headless_megatron.convert.mapping import megatron_tensor, megatron_to_hf
 from headless_megatron.convert.megatron_bert import MegatronBertConversion, unsupported_settings
 from headless_megatron.runtime.local_ranks import run_on_ranks
-from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, pretrain_each
 
 SPECIAL_TOKENS = {"bos": None, "eos": 0, "pad": 1}
 TINY_BERT = "configs/bert_headless_tiny.yaml"

@@ -199,9 +199,9 @@ def _headless_gpt_last_stage_tied_copy():
     """PP2: the loss runs on the last stage against Megatron's tied copy of the embedding table."""
     from functools import partial
 
+    import megatron_helpers as mh
     from megatron.core import parallel_state as ps
 
-    import megatron_helpers as mh
     from headless_megatron.cwt import CWTOptions
     from headless_megatron.models.gpt import build_gpt_stage
 

@@ -91,9 +91,9 @@ def _measure(options: dict) -> list[dict]:
 
 
 def run(args) -> int:
-    from headless_megatron.runtime.local_ranks import run_on_ranks
-
     import torch
+
+    from headless_megatron.runtime.local_ranks import run_on_ranks
 
     rows = run_on_ranks(_measure, 1, args=(vars(args),), timeout=3600)[0]
     gpu = torch.cuda.is_available()

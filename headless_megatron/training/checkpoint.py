@@ -133,7 +133,7 @@ def complete_metadata(directory: Path):
     try:
         backend = json.loads((directory / MEGATRON_METADATA_FILE).read_text()).get("sharded_backend")
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{directory}: incomplete checkpoint: unreadable {MEGATRON_METADATA_FILE} ({error})")
+        raise CheckpointError(f"{directory}: incomplete checkpoint: unreadable {MEGATRON_METADATA_FILE} ({error})") from error
     if backend != "torch_dist":
         raise CheckpointError(f"{directory}: a {backend} checkpoint; only torch_dist checkpoints are read")
     for name in (COMMON_FILE, DCP_METADATA_FILE):
@@ -338,7 +338,7 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
     try:
         common = dist_checkpointing.load_common_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same clear error
-        raise CheckpointError(f"{path}: not a readable torch_dist checkpoint ({type(error).__name__}: {error})")
+        raise CheckpointError(f"{path}: not a readable torch_dist checkpoint ({type(error).__name__}: {error})") from error
     saved = common.get("config", {})
     same_layout = (
         saved.get("tensor_model_parallel_size") == ps.get_tensor_model_parallel_world_size()
@@ -387,7 +387,7 @@ def load_pretrained_weights(root: str | Path, model_chunks, config) -> dict:
     try:
         common = dist_checkpointing.load_common_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same clear error
-        raise CheckpointError(f"pretrained: {path} is not a readable torch_dist checkpoint ({type(error).__name__})")
+        raise CheckpointError(f"pretrained: {path} is not a readable torch_dist checkpoint ({type(error).__name__})") from error
     from headless_megatron.config import TrainConfig
 
     saved = TrainConfig.from_dict(common["config"])
