@@ -133,7 +133,9 @@ def complete_metadata(directory: Path):
     try:
         backend = json.loads((directory / MEGATRON_METADATA_FILE).read_text()).get("sharded_backend")
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{directory}: incomplete checkpoint: unreadable {MEGATRON_METADATA_FILE} ({error})") from error
+        raise CheckpointError(
+            f"{directory}: incomplete checkpoint: unreadable {MEGATRON_METADATA_FILE} ({error})"
+        ) from error
     if backend != "torch_dist":
         raise CheckpointError(f"{directory}: a {backend} checkpoint; only torch_dist checkpoints are read")
     for name in (COMMON_FILE, DCP_METADATA_FILE):
@@ -272,7 +274,9 @@ def _sharded_state_dict(model_chunks, optimizer, scheduler, common: dict, is_loa
         state[key] = model_state[key] = _unwrap(chunk).sharded_state_dict(metadata=SHARDING_METADATA)
     if optimizer is not None:
         _materialize_optimizer_state(optimizer)
-        state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=SHARDING_METADATA)
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_state, is_loading=is_loading, metadata=SHARDING_METADATA
+        )
         state["opt_param_scheduler"] = scheduler.state_dict()
     if with_rng:
         state["rng_state"] = _rng_state()
@@ -338,7 +342,9 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
     try:
         common = dist_checkpointing.load_common_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same clear error
-        raise CheckpointError(f"{path}: not a readable torch_dist checkpoint ({type(error).__name__}: {error})") from error
+        raise CheckpointError(
+            f"{path}: not a readable torch_dist checkpoint ({type(error).__name__}: {error})"
+        ) from error
     saved = common.get("config", {})
     same_layout = (
         saved.get("tensor_model_parallel_size") == ps.get_tensor_model_parallel_world_size()
@@ -387,14 +393,17 @@ def load_pretrained_weights(root: str | Path, model_chunks, config) -> dict:
     try:
         common = dist_checkpointing.load_common_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same clear error
-        raise CheckpointError(f"pretrained: {path} is not a readable torch_dist checkpoint ({type(error).__name__})") from error
+        raise CheckpointError(
+            f"pretrained: {path} is not a readable torch_dist checkpoint ({type(error).__name__})"
+        ) from error
     from headless_megatron.config import TrainConfig
 
     saved = TrainConfig.from_dict(common["config"])
     for key in ARCHITECTURE_KEYS:
         if getattr(saved, key) != getattr(config, key):
             raise CheckpointError(
-                f"{key}: {getattr(config, key)!r} differs from the pretrained checkpoint's {getattr(saved, key)!r} ({path})"
+                f"{key}: {getattr(config, key)!r} differs from the pretrained checkpoint's "
+                f"{getattr(saved, key)!r} ({path})"
             )
     head_from_embeddings = saved.share_embeddings_and_output_weights
     state = {}

@@ -93,10 +93,11 @@ def _kill_daemonic_helpers() -> None:
 def kill_helpers_at_exit() -> None:
     """Kill this process's daemonic helpers (DataLoader workers) when it exits.
 
-    They ignore SIGTERM (see :func:`~headless_megatron.runtime.processes.ignore_stop_signals`), and ``multiprocessing``'s exit handler
-    stops them with SIGTERM and then joins them without a timeout: after an error that left a
-    DataLoader alive (its iterator held by the traceback), the process would never exit. Handlers
-    registered later run first, so this one runs before ``multiprocessing``'s.
+    They ignore SIGTERM (see :func:`~headless_megatron.runtime.processes.ignore_stop_signals`), and
+    ``multiprocessing``'s exit handler stops them with SIGTERM and then joins them without a timeout:
+    after an error that left a DataLoader alive (its iterator held by the traceback), the process
+    would never exit. Handlers registered later run first, so this one runs before
+    ``multiprocessing``'s.
     """
     import multiprocessing.util  # noqa: F401 - registers its own exit handler first
 
