@@ -81,7 +81,9 @@ def _with_core_attention(layer_spec, core_attention):
     attention = dataclasses.replace(
         attention, submodules=dataclasses.replace(attention.submodules, core_attention=core_attention)
     )
-    return dataclasses.replace(layer_spec, submodules=dataclasses.replace(layer_spec.submodules, self_attention=attention))
+    return dataclasses.replace(
+        layer_spec, submodules=dataclasses.replace(layer_spec.submodules, self_attention=attention)
+    )
 
 
 def _gpt(config, core_attention):

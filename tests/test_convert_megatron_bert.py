@@ -64,7 +64,9 @@ def test_names_and_shapes_are_those_of_transformers_megatron_bert_and_import_inv
     tensors = checkpoint_tensors(conversion)
     hf = megatron_to_hf(conversion.mappings("mlm"), tensors, num_layers=2)
     hf_config = conversion.hf_config("mlm", SPECIAL_TOKENS, torch.float32)
-    model = MegatronBertModel(hf_config, add_pooling_layer=False) if loss == "cwt" else MegatronBertForMaskedLM(hf_config)
+    model = (
+        MegatronBertModel(hf_config, add_pooling_layer=False) if loss == "cwt" else MegatronBertForMaskedLM(hf_config)
+    )
     result = model.load_state_dict(hf, strict=False)
     assert result.unexpected_keys == []
     tied_copies = {"cls.predictions.decoder.bias"} | (set() if untied else {"cls.predictions.decoder.weight"})
@@ -158,7 +160,8 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference_outputs(checkpoints):
-    return run_on_ranks(megatron_outputs, 1, args=([str(path) for path in checkpoints.values()], TOKENS), timeout=600)[0]
+    paths = [str(path) for path in checkpoints.values()]
+    return run_on_ranks(megatron_outputs, 1, args=(paths, TOKENS), timeout=600)[0]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from headless_megatron.cli import main
 from headless_megatron.evaluate import EvaluationError
 from headless_megatron.evaluate.glue.data import NLI3, TASKS, load_task_data
 
-WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ate", "bone", "good", "movie", "bad", "film", "red", "car", "drove", "fast"]
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ate", "bone", "good", "movie", "bad", "film", "red", "car",
+         "drove", "fast"]
 STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
 
 

@@ -45,7 +45,9 @@ def _argv(dataset, pretrained, *flags):
 def test_new_head_is_the_pretrained_input_embedding_table_in_every_tp_shard(dataset, pretrained):
     (single,) = run_on_ranks(_initial_finetune_weights, 1, args=(_argv(dataset, pretrained),))
     assert torch.equal(single["head"], single["embedding"])
-    shards = run_on_ranks(_initial_finetune_weights, 2, args=(_argv(dataset, pretrained, "--tensor-model-parallel-size", "2"),))
+    shards = run_on_ranks(
+        _initial_finetune_weights, 2, args=(_argv(dataset, pretrained, "--tensor-model-parallel-size", "2"),)
+    )
     assert torch.equal(torch.cat([s["head"] for s in shards]), single["head"])
 
 

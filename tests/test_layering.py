@@ -79,7 +79,9 @@ def test_no_module_imports_from_a_higher_layer():
         for line, imported in _imported_modules(path, _module_name(path)):
             other = _layer(imported)
             if other is not None and LEVEL[other] > LEVEL[own]:
-                violations.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {own} imports {imported} ({other} is a higher layer)")
+                violations.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line}: {own} imports {imported} ({other} is a higher layer)"
+                )
     assert not violations, "lower layers import higher ones:\n" + "\n".join(sorted(set(violations)))
 
 
