@@ -19,6 +19,7 @@ $(STAMP): setup.py
 	touch $@
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The demo: tokenize the embedded corpus (Python's own documentation) with a BPE tokenizer trained

@@ -11,7 +11,6 @@ The fault is injected by ``tests/fault_injection/sitecustomize.py`` (see there f
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time

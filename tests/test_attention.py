@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import megatron_helpers as mh
 import pytest
 import torch
 from megatron.core import parallel_state as ps
@@ -12,7 +13,6 @@ from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 
-import megatron_helpers as mh
 from headless_megatron.models.attention import SDPAttention
 from headless_megatron.models.bert import HeadlessBertModel, make_bert_norms_sequence_parallel_capable
 from headless_megatron.models.init import initialize_layout_independent
@@ -81,7 +81,9 @@ def _with_core_attention(layer_spec, core_attention):
     attention = dataclasses.replace(
         attention, submodules=dataclasses.replace(attention.submodules, core_attention=core_attention)
     )
-    return dataclasses.replace(layer_spec, submodules=dataclasses.replace(layer_spec.submodules, self_attention=attention))
+    return dataclasses.replace(
+        layer_spec, submodules=dataclasses.replace(layer_spec.submodules, self_attention=attention)
+    )
 
 
 def _gpt(config, core_attention):

@@ -35,5 +35,8 @@ def test_eval_lm_refuses_a_missing_local_model_at_once(tmp_path, monkeypatch, ca
     (tmp_path / "hf").mkdir()
     started = time.monotonic()
     assert main(["eval", "lm", "--model", "hf/headless-70m", "--output", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.splitlines()[-1] == "headless-megatron eval: error: --model hf/headless-70m: no such directory"
+    assert (
+        capsys.readouterr().err.splitlines()[-1]
+        == "headless-megatron eval: error: --model hf/headless-70m: no such directory"
+    )
     assert time.monotonic() - started < 10 and not (tmp_path / "out").exists()

@@ -28,7 +28,8 @@ def test_zipf_ids_repeat_like_text_and_uniform_ids_do_not():
 
 def test_table_reports_both_sides_and_ratios():
     done = subprocess.run(
-        [sys.executable, "-m", "headless_megatron", "bench", "loss", "--shape", "tiny:256x32x2048", "--ids", "zipf", "--iters", "1"],
+        [sys.executable, "-m", "headless_megatron", "bench", "loss", "--shape", "tiny:256x32x2048", "--ids", "zipf",
+         "--iters", "1"],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import megatron_helpers as mh
 import pytest
 import torch
+from test_cwt import reference
 
-import megatron_helpers as mh
 from headless_megatron.cwt import CWTOptions
 from headless_megatron.models.bert import build_bert_stage
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
 from headless_megatron.runtime.local_ranks import run_on_ranks
-from test_cwt import reference
 
 BATCH = 2
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from test_training_loop import assert_losses_close
 from test_training_loop import train as train_decoder_or_encoder
 

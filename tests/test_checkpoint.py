@@ -3,9 +3,9 @@ test_training_loop.py, resharding in test_megatron_layouts.py)."""
 
 from __future__ import annotations
 
+import megatron_helpers as mh
 import pytest
 
-import megatron_helpers as mh
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
 from headless_megatron.runtime.local_ranks import run_on_ranks
 from headless_megatron.training.checkpoint import (
@@ -24,7 +24,9 @@ def _save_twice_then_load(root):
     init_distributed(ParallelLayout(1, 1), seed=mh.SEED)
     config = mh.tiny_config()
     model = mh.wrap_ddp(config, mh.build_gpt(config), distributed_optimizer=True)
-    optimizer = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-3, use_distributed_optimizer=True), [model])
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=1e-3, use_distributed_optimizer=True), [model]
+    )
     scheduler = OptimizerParamScheduler(optimizer, 0.0, 1e-3, 0.0, 0, 10, "constant", 0.0, 0.0, 10, "constant")
     common = {"config": {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1}}
     save_checkpoint(root, 5, [model], optimizer, scheduler, common)
@@ -60,7 +62,10 @@ def test_no_checkpoint_yet_is_none(tmp_path):
 
 @pytest.mark.parametrize(
     "tracker, message",
-    [("latest\n", r"expected an iteration number, found 'latest'"), ("3\n", r"names iteration 3, but .*iter_0000003 is missing")],
+    [
+        ("latest\n", r"expected an iteration number, found 'latest'"),
+        ("3\n", r"names iteration 3, but .*iter_0000003 is missing"),
+    ],
 )
 def test_broken_tracker_fails_loudly(tmp_path, tracker, message):
     (tmp_path / TRACKER_FILE).write_text(tracker)

@@ -6,14 +6,13 @@ requeue."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-
 from fault_runs import FaultRun, pretrain_argv
+from test_training_loop import assert_losses_close, train
+
 from headless_megatron.runtime.local_ranks import RankFailure
 from headless_megatron.training.checkpoint import TRACKER_FILE
-from test_training_loop import assert_losses_close, train
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ def test_version(capsys):
 def test_env_reports_versions_device_and_backend(capsys):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
-    for line in ("megatron-core         0.16.1", "device                cpu", "distributed backend   gloo", "layer spec            local"):
+    for line in ("megatron-core         0.16.1", "device                cpu", "distributed backend   gloo",
+                 "layer spec            local"):
         assert line in out
 
 
@@ -50,7 +51,8 @@ def test_bad_nproc_value_names_the_flag(capsys):
 
 
 def test_check_trains_on_two_ranks_with_tensor_and_sequence_parallelism():
-    done = _cli("check", "--nproc-per-node", "2", "--tensor-model-parallel-size", "2", "--sequence-parallel", "--train-iters", "12")
+    done = _cli("check", "--nproc-per-node", "2", "--tensor-model-parallel-size", "2", "--sequence-parallel",
+                "--train-iters", "12")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "world 2 = TP 2 x PP 1 x DP 1 + SP, cpu, local spec" in done.stdout
     assert done.stdout.count("check passed") == 1
@@ -60,9 +62,9 @@ def test_pretrain_on_two_ranks_prints_where_checkpoint_and_metrics_are(tmp_path)
     from data_fixtures import tiny_builtin_dataset
 
     dataset = tiny_builtin_dataset(tmp_path / "data")
-    done = _cli("pretrain", "--nproc-per-node", "2", "--config", "configs/gpt_headless_tiny.yaml", "--data-path", dataset,
-                "--train-iters", "4", "--lr-warmup-iters", "1", "--eval-iters", "0", "--num-workers", "0",
-                "--save", str(tmp_path / "run"))
+    done = _cli("pretrain", "--nproc-per-node", "2", "--config", "configs/gpt_headless_tiny.yaml",
+                "--data-path", dataset, "--train-iters", "4", "--lr-warmup-iters", "1", "--eval-iters", "0",
+                "--num-workers", "0", "--save", str(tmp_path / "run"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "trained 4 iterations" in done.stdout
     assert f"checkpoint: {tmp_path / 'run' / 'iter_0000004'}" in done.stdout
@@ -76,5 +78,5 @@ def test_pretrain_on_two_ranks_prints_where_checkpoint_and_metrics_are(tmp_path)
 def test_pretrain_config_errors_are_one_line_with_exit_code_2(args, message):
     done = _cli("pretrain", "--config", "configs/gpt_headless_tiny.yaml", *args)
     assert done.returncode == 2
-    (line,) = [l for l in done.stderr.splitlines() if l.startswith("headless-megatron pretrain: error:")]
+    (line,) = [text for text in done.stderr.splitlines() if text.startswith("headless-megatron pretrain: error:")]
     assert message in line

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 import torch
-
 from data_fixtures import tiny_builtin_dataset
+from test_convert_export import VOCAB, pretrain_each, training_argv
+
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.checkpoint_reader import open_checkpoint
 from headless_megatron.runtime.local_ranks import run_on_ranks
-from test_convert_export import VOCAB, pretrain_each, training_argv
 
 TP2_PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
 UNTIED = ["--loss", "ce", "--untie-embeddings-and-output-weights"]
@@ -62,11 +62,14 @@ def test_full_tensors_equal_what_megatron_loads_and_optimizer_state_is_left_out(
     assert checkpoint.iteration == 3 and checkpoint.path == save / "iter_0000003"
     assert (checkpoint.config.tensor_model_parallel_size, checkpoint.config.num_query_groups) == (2, 2)
     assert checkpoint.common["consumed_train_samples"] == 3 * checkpoint.config.global_batch_size
-    assert not any(key.startswith(("optimizer", "rng_state")) or "_extra_state" in key for key in checkpoint.model_tensors)
+    assert not any(
+        key.startswith(("optimizer", "rng_state")) or "_extra_state" in key for key in checkpoint.model_tensors
+    )
     tensors = checkpoint.load(checkpoint.model_tensors)
     expected = run_on_ranks(megatron_full_tensors, 1, args=(str(checkpoint.path), VOCAB), timeout=300)[0]
     assert sorted(tensors) == sorted(expected)
-    assert "output_layer.weight" in tensors and tensors["decoder.layers.self_attention.linear_qkv.weight"].shape == (4, 128, 64)
+    assert "output_layer.weight" in tensors
+    assert tensors["decoder.layers.self_attention.linear_qkv.weight"].shape == (4, 128, 64)
     for key, tensor in tensors.items():
         assert torch.equal(tensor, expected[key]), key
 
@@ -79,7 +82,9 @@ def test_one_layer_is_read_alone_and_equals_that_layer_of_the_full_tensor(save):
         sliced = checkpoint.load(stacked, layer=layer)
         for key in stacked:
             assert sliced[key].shape == full[key].shape[1:] and torch.equal(sliced[key], full[key][layer]), (key, layer)
-    with pytest.raises(ConversionError, match=r"decoder.layers.mlp.linear_fc2.weight of shape \(4, 64, 128\) has no layer 4"):
+    with pytest.raises(
+        ConversionError, match=r"decoder.layers.mlp.linear_fc2.weight of shape \(4, 64, 128\) has no layer 4"
+    ):
         checkpoint.load(["decoder.layers.mlp.linear_fc2.weight"], layer=4)
 
 
@@ -138,5 +143,7 @@ def test_checkpoints_of_other_trainers_are_refused(damaged):
 
 
 def test_a_tensor_the_checkpoint_lacks_is_named(save):
-    with pytest.raises(ConversionError, match="no tensor decoder.layers.self_attention.linear_qkv.bias in the checkpoint"):
+    with pytest.raises(
+        ConversionError, match="no tensor decoder.layers.self_attention.linear_qkv.bias in the checkpoint"
+    ):
         open_checkpoint(save).load(["decoder.final_layernorm.weight", "decoder.layers.self_attention.linear_qkv.bias"])

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_fixtures import tiny_builtin_dataset
+
 from headless_megatron.cli import main
 from headless_megatron.config import parse_config
 from headless_megatron.convert import ConversionError
@@ -195,9 +195,13 @@ def test_incomplete_checkpoints_are_refused(checkpoints, tmp_path, capsys):
     iteration = copy / "iter_0000003"
     shard = max(iteration.glob("__*.distcp"))
     shard.write_bytes(shard.read_bytes()[:100])
-    assert_fails_cleanly(["--checkpoint", str(copy)], f"incomplete checkpoint: {shard.name} is truncated", tmp_path / "out", capsys)
+    assert_fails_cleanly(
+        ["--checkpoint", str(copy)], f"incomplete checkpoint: {shard.name} is truncated", tmp_path / "out", capsys
+    )
     shard.unlink()
-    assert_fails_cleanly(["--checkpoint", str(iteration)], f"incomplete checkpoint: {shard.name} is missing", tmp_path / "out", capsys)
+    assert_fails_cleanly(
+        ["--checkpoint", str(iteration)], f"incomplete checkpoint: {shard.name} is missing", tmp_path / "out", capsys
+    )
     (copy / "latest_checkpointed_iteration.txt").write_text("5\n")
     assert_fails_cleanly(["--checkpoint", str(copy)], "names iteration 5, but", tmp_path / "out", capsys)
 
@@ -212,8 +216,11 @@ def test_checkpoints_of_other_models_are_refused(checkpoints, tmp_path, capsys):
                          "true, position_embedding_type rope, add_bias_linear false", tmp_path / "out", capsys)
     layer_norm = damaged_copy(save, tmp_path / "neox", normalization="LayerNorm", swiglu=False)
     assert_fails_cleanly(["--checkpoint", str(layer_norm)],
-                         "LlamaForCausalLM cannot represent normalization LayerNorm, swiglu false", tmp_path / "out", capsys)
-    assert_fails_cleanly(["--checkpoint", str(save), "--mode", "lm"], "this checkpoint is headless", tmp_path / "out", capsys)
+                         "LlamaForCausalLM cannot represent normalization LayerNorm, swiglu false", tmp_path / "out",
+                         capsys)
+    assert_fails_cleanly(
+        ["--checkpoint", str(save), "--mode", "lm"], "this checkpoint is headless", tmp_path / "out", capsys
+    )
 
 
 def test_a_missing_or_wrong_tokenizer_is_refused(checkpoints, tmp_path, capsys):
@@ -236,7 +243,10 @@ def test_a_small_max_shard_size_splits_the_weights_as_save_pretrained_does(check
 
     from headless_megatron.convert.export import DEFAULT_MAX_SHARD_SIZE
 
-    assert DEFAULT_MAX_SHARD_SIZE == inspect.signature(PreTrainedModel.save_pretrained).parameters["max_shard_size"].default
+    assert (
+        DEFAULT_MAX_SHARD_SIZE
+        == inspect.signature(PreTrainedModel.save_pretrained).parameters["max_shard_size"].default
+    )
     save = checkpoints["tp2_pp2", "lm"]
     lines = []
     result = export_hf(save, tmp_path / "sharded", max_shard_size="100KB", progress=lines.append)
@@ -313,7 +323,8 @@ def test_overwrite_replaces_only_an_earlier_export(checkpoints, tmp_path, capsys
         capsys.readouterr()
         assert main(["export-hf", "--checkpoint", str(save), "--output", str(output), "--overwrite"]) == 2
         error = capsys.readouterr().err
-        assert error.count("\n") == 1 and "--overwrite replaces only an earlier output" in error and reason in error, error
+        assert error.count("\n") == 1, error
+        assert "--overwrite replaces only an earlier output" in error and reason in error, error
         assert sorted(p.name for p in output.iterdir()) == kept
     (export / "README.md").write_text("# somebody else's model card\n")
     assert main(["export-hf", "--checkpoint", str(save), "--output", str(export), "--overwrite"]) == 2

@@ -7,17 +7,17 @@ import json
 
 import pytest
 import torch
+from data_fixtures import tiny_builtin_dataset
 from safetensors.torch import load_file, save_file
+from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, megatron_logits, training_argv
 from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM
 
-from data_fixtures import tiny_builtin_dataset
 from headless_megatron.cli import main
 from headless_megatron.config import parse_config
 from headless_megatron.convert.export import export_hf
 from headless_megatron.convert.importer import SafetensorsWeights
 from headless_megatron.data.tokenizer import tokenizer_for_dataset
 from headless_megatron.runtime.local_ranks import run_on_ranks
-from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, megatron_logits, training_argv
 
 TP2_PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
 
@@ -170,11 +170,15 @@ def test_other_architectures_and_incomplete_directories_are_refused(untied_model
     assert_fails_cleanly(["--model", str(tmp_path / "nope")], "no such model directory", output, capsys)
     gpt2 = tmp_path / "gpt2"
     GPT2Config().save_pretrained(gpt2)
-    assert_fails_cleanly(["--model", str(gpt2)], "model_type gpt2 cannot be imported; supported: llama, megatron-bert", output, capsys)
+    assert_fails_cleanly(
+        ["--model", str(gpt2)], "model_type gpt2 cannot be imported; supported: llama, megatron-bert", output, capsys
+    )
     bare = tmp_path / "bare"
     LlamaConfig.from_pretrained(untied_model).save_pretrained(bare)
     assert_fails_cleanly(["--model", str(bare)], "no tokenizer: ", output, capsys)
-    assert_fails_cleanly(["--model", str(bare), "--tokenizer", str(untied_model)], "no model.safetensors", output, capsys)
+    assert_fails_cleanly(
+        ["--model", str(bare), "--tokenizer", str(untied_model)], "no model.safetensors", output, capsys
+    )
 
 
 def test_weights_that_do_not_match_the_config_are_refused(untied_model, tmp_path, capsys):
@@ -192,6 +196,7 @@ def test_weights_that_do_not_match_the_config_are_refused(untied_model, tmp_path
 
 def test_layouts_the_model_cannot_split_into_are_refused(untied_model, tmp_path, capsys):
     assert_fails_cleanly(["--model", str(untied_model), "--tensor-model-parallel-size", "4"],
-                         "num_query_groups: 2 is not divisible by tensor_model_parallel_size 4", tmp_path / "out", capsys)
+                         "num_query_groups: 2 is not divisible by tensor_model_parallel_size 4", tmp_path / "out",
+                         capsys)
     assert_fails_cleanly(["--model", str(untied_model), "--pipeline-model-parallel-size", "3"],
                          "num_layers: 4 is not divisible by pipeline_model_parallel_size 3", tmp_path / "out", capsys)

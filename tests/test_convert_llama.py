@@ -56,7 +56,9 @@ def test_exported_names_and_shapes_are_those_of_transformers_llama(mode, untied)
     assert result.unexpected_keys == []
     assert result.missing_keys == ([] if untied and mode == "lm" else ["lm_head.weight"])
     assert hf_config.tie_word_embeddings == (not (untied and mode == "lm"))
-    assert torch.equal(model.lm_head.weight, hf["lm_head.weight" if "lm_head.weight" in hf else "model.embed_tokens.weight"])
+    assert torch.equal(
+        model.lm_head.weight, hf["lm_head.weight" if "lm_head.weight" in hf else "model.embed_tokens.weight"]
+    )
 
 
 def test_import_mappings_rebuild_every_checkpoint_tensor_exactly():
@@ -68,7 +70,9 @@ def test_import_mappings_rebuild_every_checkpoint_tensor_exactly():
     assert {mapping.megatron for mapping in mappings} == set(tensors)
     for mapping in mappings:
         if mapping.per_layer:
-            rebuilt = torch.stack([megatron_tensor(mapping, hf.__getitem__, layer) for layer in range(config.num_layers)])
+            rebuilt = torch.stack(
+                [megatron_tensor(mapping, hf.__getitem__, layer) for layer in range(config.num_layers)]
+            )
         else:
             rebuilt = megatron_tensor(mapping, hf.__getitem__)
         assert torch.equal(rebuilt, tensors[mapping.megatron]), mapping.megatron

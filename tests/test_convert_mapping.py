@@ -124,7 +124,8 @@ def test_a_region_reads_only_its_part_of_plain_and_vocabulary_tensors():
         (vocab_rows_mapping("embedding.word_embeddings.weight", "embed", 10, 16), None, (slice(0, 8), slice(2, 4))),
         (vocab_rows_mapping("embedding.word_embeddings.weight", "embed", 10, 16), None, (slice(12, 16), slice(0, 4))),
         (TensorMapping("decoder.layers.proj", ("proj.{layer}",)), 0, (slice(3, 6), slice(0, 4))),
-        (qkv_mapping("decoder.layers.qkv", ("q.{layer}", "k.{layer}", "v.{layer}"), 2, 1, 2), 0, (slice(0, 4), slice(0, 4))),
+        (qkv_mapping("decoder.layers.qkv", ("q.{layer}", "k.{layer}", "v.{layer}"), 2, 1, 2), 0,
+         (slice(0, 4), slice(0, 4))),
     ]
     for mapping, layer, index in cases:
         hf.reads.clear()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from data_fixtures import tiny_builtin_dataset
 from safetensors.torch import load_file
+from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, pretrain_each
 from transformers import MegatronBertConfig, MegatronBertForMaskedLM, MegatronBertModel
 
-from data_fixtures import tiny_builtin_dataset
 from headless_megatron.config import TrainConfig
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.export import export_hf
@@ -16,7 +17,6 @@ from headless_megatron.convert.importer import import_hf
 from headless_megatron.convert.mapping import megatron_tensor, megatron_to_hf
 from headless_megatron.convert.megatron_bert import MegatronBertConversion, unsupported_settings
 from headless_megatron.runtime.local_ranks import run_on_ranks
-from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, pretrain_each
 
 SPECIAL_TOKENS = {"bos": None, "eos": 0, "pad": 1}
 TINY_BERT = "configs/bert_headless_tiny.yaml"
@@ -64,7 +64,9 @@ def test_names_and_shapes_are_those_of_transformers_megatron_bert_and_import_inv
     tensors = checkpoint_tensors(conversion)
     hf = megatron_to_hf(conversion.mappings("mlm"), tensors, num_layers=2)
     hf_config = conversion.hf_config("mlm", SPECIAL_TOKENS, torch.float32)
-    model = MegatronBertModel(hf_config, add_pooling_layer=False) if loss == "cwt" else MegatronBertForMaskedLM(hf_config)
+    model = (
+        MegatronBertModel(hf_config, add_pooling_layer=False) if loss == "cwt" else MegatronBertForMaskedLM(hf_config)
+    )
     result = model.load_state_dict(hf, strict=False)
     assert result.unexpected_keys == []
     tied_copies = {"cls.predictions.decoder.bias"} | (set() if untied else {"cls.predictions.decoder.weight"})
@@ -158,7 +160,8 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference_outputs(checkpoints):
-    return run_on_ranks(megatron_outputs, 1, args=([str(path) for path in checkpoints.values()], TOKENS), timeout=600)[0]
+    paths = [str(path) for path in checkpoints.values()]
+    return run_on_ranks(megatron_outputs, 1, args=(paths, TOKENS), timeout=600)[0]
 
 
 @pytest.fixture(scope="module")

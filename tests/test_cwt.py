@@ -73,7 +73,8 @@ def _parallel_cwt(tp, sp, dp, temperature, duplicates, negatives, use_mask):
         temperature=temperature, duplicates=duplicates, negatives=negatives,
     )
     loss.sum().backward()
-    return {"tp_rank": tp_rank, "dp_rank": dp_rank, "loss": loss.detach(), "hidden_grad": hidden.grad, "table_grad": table_shard.grad}
+    return {"tp_rank": tp_rank, "dp_rank": dp_rank, "loss": loss.detach(), "hidden_grad": hidden.grad,
+            "table_grad": table_shard.grad}
 
 
 def assert_close(actual, expected, what):
@@ -89,7 +90,9 @@ def _check_against_reference(results, tp, sp, dp, temperature, duplicates, negat
     if negatives == "data_parallel":
         losses, hidden_grads, table_grad = reference(hiddens, targets, table, masks, temperature, duplicates)
     else:  # each DP rank is its own contrast set; DDP sums the table gradients
-        per_rank = [reference([h], [t], table, [m], temperature, duplicates) for h, t, m in zip(hiddens, targets, masks)]
+        per_rank = [
+            reference([h], [t], table, [m], temperature, duplicates) for h, t, m in zip(hiddens, targets, masks)
+        ]
         losses = [r[0][0] for r in per_rank]
         hidden_grads = [r[1][0] for r in per_rank]
         table_grad = sum(r[2] for r in per_rank)
@@ -199,9 +202,9 @@ def _headless_gpt_last_stage_tied_copy():
     """PP2: the loss runs on the last stage against Megatron's tied copy of the embedding table."""
     from functools import partial
 
+    import megatron_helpers as mh
     from megatron.core import parallel_state as ps
 
-    import megatron_helpers as mh
     from headless_megatron.cwt import CWTOptions
     from headless_megatron.models.gpt import build_gpt_stage
 
@@ -233,7 +236,8 @@ def _headless_gpt_last_stage_tied_copy():
         return None
     tied = stage.shared_embedding_or_output_weight()
     assert tied is stage.output_layer.weight  # the last stage's copy, not the first stage's table
-    return {"captured": captured, "batches": captured_batch, "table": tied.detach().clone(), "table_grad": tied.main_grad.clone()}
+    return {"captured": captured, "batches": captured_batch, "table": tied.detach().clone(),
+            "table_grad": tied.main_grad.clone()}
 
 
 def test_pp2_loss_on_last_stage_uses_the_tied_copy_exactly():

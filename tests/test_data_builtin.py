@@ -42,5 +42,6 @@ def test_content_and_order_are_recomputed_identically():
 
 
 def test_unknown_name_lists_the_available_corpora():
-    with pytest.raises(DataError, match=r"^--input builtin:wiki: unknown built-in corpus \(available: builtin:python-docs, builtin:python-topics\)$"):
+    with pytest.raises(DataError, match=r"^--input builtin:wiki: unknown built-in corpus "
+                                        r"\(available: builtin:python-docs, builtin:python-topics\)$"):
         builtin_documents("builtin:wiki")

@@ -24,7 +24,8 @@ def tokenizer():
 
 
 def _info(documents, tokens):
-    return DatasetInfo(documents=documents, tokens=tokens, dtype="uint8", text_key="text", tokenizer={"path": "p_tokenizer"},
+    return DatasetInfo(documents=documents, tokens=tokens, dtype="uint8", text_key="text",
+                       tokenizer={"path": "p_tokenizer"},
                        source={"inputs": ["test"], "shard": None, "text_bytes": 0, "skipped": {}})
 
 
@@ -36,17 +37,21 @@ def test_paths_follow_megatron_lm_naming(tmp_path):
     paths = DatasetPaths(tmp_path / "corpus", "content")
     assert paths.dataset_prefix == tmp_path / "corpus_content_document"
     assert (paths.bin.name, paths.idx.name, paths.sidecar.name, paths.tokenizer.name) == (
-        "corpus_content_document.bin", "corpus_content_document.idx", "corpus_content_document.json", "corpus_tokenizer")
+        "corpus_content_document.bin", "corpus_content_document.idx", "corpus_content_document.json",
+        "corpus_tokenizer")
 
 
-@pytest.mark.parametrize("vocab_size, dtype", [(256, np.uint8), (257, np.uint16), (65536, np.uint16), (65537, np.int32)])
+@pytest.mark.parametrize(
+    "vocab_size, dtype", [(256, np.uint8), (257, np.uint16), (65536, np.uint16), (65537, np.int32)]
+)
 def test_auto_dtype_is_the_smallest_that_holds_every_id(vocab_size, dtype):
     assert token_dtype("auto", vocab_size) is dtype
 
 
 def test_a_dtype_too_small_for_the_vocabulary_is_an_error():
     assert token_dtype("int32", 50_000) is np.int32
-    with pytest.raises(DataError, match=r"^--dtype uint16: the tokenizer has 70000 ids, more than uint16 holds \(65536\); choose a wider dtype or --dtype auto$"):
+    with pytest.raises(DataError, match=r"^--dtype uint16: the tokenizer has 70000 ids, more than uint16 holds "
+                                        r"\(65536\); choose a wider dtype or --dtype auto$"):
         token_dtype("uint16", 70_000)
 
 
@@ -54,7 +59,8 @@ def test_publish_writes_a_dataset_megatron_reads(tmp_path, tokenizer):
     paths = DatasetPaths(tmp_path / "p")
     with AtomicDatasetWriter(paths, np.uint8) as writer:
         writer.add_documents(np.array([7, 4, 26, 1, 26, 2, 3, 26], dtype=np.uint8), np.array([3, 2, 3]))
-        assert _files(tmp_path)[0].startswith(".p_text_document.") and len(_files(tmp_path)) == 1  # only the scratch dir
+        # only the scratch directory
+        assert _files(tmp_path)[0].startswith(".p_text_document.") and len(_files(tmp_path)) == 1
         writer.publish(tokenizer, _info(3, 8))
     assert _files(tmp_path) == ["p_text_document.bin", "p_text_document.idx", "p_text_document.json", "p_tokenizer"]
     dataset = IndexedDataset(str(paths.dataset_prefix))

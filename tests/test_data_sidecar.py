@@ -25,7 +25,8 @@ def test_round_trip(tmp_path):
 
 
 def test_missing_sidecar_says_the_run_did_not_finish(tmp_path):
-    with pytest.raises(DataError, match=r"p\.json: no such sidecar; the dataset was not made by headless-megatron preprocess, or its run did not finish"):
+    with pytest.raises(DataError, match=r"p\.json: no such sidecar; the dataset was not made by headless-megatron "
+                                        r"preprocess, or its run did not finish"):
         read_sidecar(tmp_path / "p.json")
 
 

@@ -85,9 +85,11 @@ def test_shards_of_a_known_size_are_contiguous_ranges_covering_everything(tmp_pa
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
     builtin_parts = [read(["builtin:python-topics"], shard=Shard(index, count))[1] for index in range(count)]
     assert sum(builtin_parts, []) == list(builtin_documents("python-topics"))
-    assert [len(part) for part in builtin_parts] == [Shard(index, count).bounds(builtin_document_count("python-topics"))[1]
-                                                     - Shard(index, count).bounds(builtin_document_count("python-topics"))[0]
-                                                     for index in range(count)]
+    assert [len(part) for part in builtin_parts] == [
+        Shard(index, count).bounds(builtin_document_count("python-topics"))[1]
+        - Shard(index, count).bounds(builtin_document_count("python-topics"))[0]
+        for index in range(count)
+    ]
 
 
 def test_streamed_shards_are_ranges_of_files(tmp_path, read):
@@ -95,8 +97,11 @@ def test_streamed_shards_are_ranges_of_files(tmp_path, read):
         _write_jsonl(tmp_path / f"{number}.jsonl", [{"text": f"{number}a"}, {"text": f"{number}b"}])
     parts = [read([tmp_path], streaming=True, shard=Shard(index, 2))[1] for index in range(2)]
     assert parts == [["0a", "0b", "1a", "1b"], ["2a", "2b"]]
-    with pytest.raises(DataError, match=r"^--shard 0/4: with --streaming, shards are ranges of input files, and .* has 3; "
-                                        r"use at most 3 shards or drop --streaming$"):
+    with pytest.raises(
+        DataError,
+        match=r"^--shard 0/4: with --streaming, shards are ranges of input files, and .* has 3; "
+        r"use at most 3 shards or drop --streaming$",
+    ):
         read([tmp_path], streaming=True, shard=Shard(0, 4))
 
 
@@ -118,11 +123,15 @@ def test_missing_paths_and_unknown_inputs(tmp_path, read):
     with pytest.raises(DataError, match=r"empty: the directory has no \.jsonl/\.json/\.parquet/\.csv/\.txt files$"):
         read([tmp_path / "empty"])
     (tmp_path / "notes.md").write_text("# notes")
-    with pytest.raises(DataError, match=r"notes\.md: unsupported file type; expected \.jsonl, \.json, \.parquet, \.csv, \.txt"):
+    with pytest.raises(
+        DataError, match=r"notes\.md: unsupported file type; expected \.jsonl, \.json, \.parquet, \.csv, \.txt"
+    ):
         read([tmp_path / "notes.md"])
     (tmp_path / "a.txt").write_text("x\n")
     _write_jsonl(tmp_path / "b.jsonl")
-    with pytest.raises(DataError, match=r"^--input: the files mix formats \(json, text\); preprocess each format separately$"):
+    with pytest.raises(
+        DataError, match=r"^--input: the files mix formats \(json, text\); preprocess each format separately$"
+    ):
         read([tmp_path / "a.txt", tmp_path / "b.jsonl"])
     assert looks_like_a_local_path("data/corpus/x") and looks_like_a_local_path("corpus.jsonl")
     assert not looks_like_a_local_path("wikitext") and not looks_like_a_local_path("allenai/c4")
@@ -148,14 +157,20 @@ def test_invalid_utf8_names_the_file_and_the_byte(tmp_path, read, name, streamin
     (tmp_path / "1-bad").mkdir()
     (tmp_path / "1-bad" / name).write_bytes(good + good.replace(b"fine", b"f\xffne"))
     offset = len(good) + good.index(b"fine") + 1
-    with pytest.raises(DataError, match=rf"^--input {tmp_path}/1-bad/{name}: invalid UTF-8 at byte {offset}; convert the file to UTF-8$"):
+    with pytest.raises(
+        DataError,
+        match=rf"^--input {tmp_path}/1-bad/{name}: invalid UTF-8 at byte {offset}; convert the file to UTF-8$",
+    ):
         read([tmp_path], streaming=streaming)
 
 
 def test_hub_dataset_that_cannot_be_loaded(read, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail at once, without the network
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DataError, match=r"^--input someone/no-such-dataset: not a local path, and loading it from the Hugging Face Hub failed: "):
+    with pytest.raises(
+        DataError,
+        match=r"^--input someone/no-such-dataset: not a local path, and loading it from the Hugging Face Hub failed: ",
+    ):
         read(["someone/no-such-dataset"])
 
 

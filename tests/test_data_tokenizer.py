@@ -41,7 +41,8 @@ def test_megatron_duck_type(trained):
     assert trained.vocab_size == 400 == len(trained.vocab) == len(trained.inv_vocab)
     assert trained.inv_vocab[trained.eod] == "<|endoftext|>" and trained.vocab["<|mask|>"] == 2
     assert isinstance(trained.unique_identifiers, OrderedDict)
-    assert trained.unique_identifiers["fingerprint"] == trained.fingerprint and trained.fingerprint.startswith("sha256:")
+    assert trained.unique_identifiers["fingerprint"] == trained.fingerprint
+    assert trained.fingerprint.startswith("sha256:")
     ids = trained.tokenize("Hello, world!\n")
     assert ids and all(isinstance(i, int) and 3 <= i < 400 for i in ids)
     assert trained.detokenize(ids) == "Hello, world!\n"
@@ -125,7 +126,9 @@ def test_tokenizer_for_dataset_follows_the_sidecar_after_a_move(trained, tmp_pat
     original = tmp_path / "original"
     original.mkdir()
     trained.save(original / "p_tokenizer")
-    info = DatasetInfo(documents=1, tokens=1, dtype="uint16", text_key="text", tokenizer={"path": "p_tokenizer"}, source={})
+    info = DatasetInfo(
+        documents=1, tokens=1, dtype="uint16", text_key="text", tokenizer={"path": "p_tokenizer"}, source={}
+    )
     write_sidecar(original / "p_text_document.json", info)
     moved = original.rename(tmp_path / "moved")
     for reference in (moved / "p_text_document", moved / "p_text_document.json"):
@@ -143,7 +146,9 @@ def test_missing_paths(name, message):
 
 def test_files_that_are_not_tokenizers(tmp_path):
     (tmp_path / "vocab.txt").write_text("a\nb\n")
-    with pytest.raises(DataError, match="expected a tokenizer directory, a tokenizer.json or a sentencepiece .model file"):
+    with pytest.raises(
+        DataError, match="expected a tokenizer directory, a tokenizer.json or a sentencepiece .model file"
+    ):
         load_tokenizer(tmp_path / "vocab.txt")
     (tmp_path / "broken.json").write_text('{"model": 1}')
     with pytest.raises(DataError, match=r"broken\.json: not a tokenizers JSON file"):
@@ -151,13 +156,16 @@ def test_files_that_are_not_tokenizers(tmp_path):
     (tmp_path / "broken.model").write_bytes(b"\x00not a proto")
     with pytest.raises(DataError, match=r"broken\.model: not a sentencepiece model"):
         load_tokenizer(tmp_path / "broken.model")
-    with pytest.raises(DataError, match="the directory has no tokenizer.json, tokenizer_config.json or tokenizer.model"):
+    with pytest.raises(
+        DataError, match="the directory has no tokenizer.json, tokenizer_config.json or tokenizer.model"
+    ):
         load_tokenizer(tmp_path)
 
 
 def test_hub_name_that_cannot_be_loaded(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail at once, without the network
-    with pytest.raises(DataError, match=r"^tokenizer someone/no-such-tokenizer: not a local path, and loading it from the Hugging Face Hub failed: "):
+    with pytest.raises(DataError, match=r"^tokenizer someone/no-such-tokenizer: not a local path, and loading it "
+                                        r"from the Hugging Face Hub failed: "):
         load_tokenizer("someone/no-such-tokenizer")
 
 

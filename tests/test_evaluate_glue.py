@@ -17,12 +17,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from headless_megatron.cli import main
-from headless_megatron.evaluate import (
-    EvaluationError,
-    glue,
-)
+from headless_megatron.evaluate import EvaluationError
+from headless_megatron.evaluate.glue.data import NLI3, TASKS, load_task_data
 
-WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ate", "bone", "good", "movie", "bad", "film", "red", "car", "drove", "fast"]
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ate", "bone", "good", "movie", "bad", "film", "red", "car",
+         "drove", "fast"]
 STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
 
 
@@ -46,7 +45,7 @@ def write_data(root, rng: random.Random) -> None:
     for split, count in (("train", 24), ("validation_matched", 9), ("validation_mismatched", 9)):
         with (root / "mnli" / f"{split}.jsonl").open("w") as stream:
             for i in range(count):
-                label = glue.NLI3[i % 3] if i % 2 else i % 3  # names and ids both accepted
+                label = NLI3[i % 3] if i % 2 else i % 3  # names and ids both accepted
                 stream.write(json.dumps({"premise": sentence(rng), "hypothesis": sentence(rng), "label": label,
                                          "idx": i}) + "\n")
 
@@ -113,32 +112,6 @@ def test_glue_metrics_per_task_and_average(workspace, capsys):
     assert "| cola | MCC |" in table and "| stsb | Spearman |" in table and "| mnli-mm | accuracy |" in table
 
 
-def test_metrics_balanced_loss_and_average_without_rte():
-    import torch
-    import torch.nn.functional as F
-
-    assert glue.score("accuracy", [1, 0, 2, 2], [1, 0, 2, 1]) == 75.0
-    # MCC of TP=2, TN=1, FP=1, FN=0: (2*1 - 1*0) / sqrt(3*2*2*1)
-    assert glue.score("mcc", [1, 1, 0, 1], [1, 0, 0, 1]) == pytest.approx(100 * 2 / 12 ** 0.5)
-    assert glue.score("spearman", [0.1, 0.5, 0.3], [1.0, 3.0, 2.0]) == pytest.approx(100.0)
-    assert glue.score("spearman", [0.2, 0.2, 0.2], [1.0, 3.0, 2.0]) == 0.0  # constant: undefined -> 0
-
-    logits, labels = torch.randn(6, 3), torch.tensor([0, 0, 0, 0, 1, 2])
-    per_example = F.cross_entropy(logits, labels, reduction="none")
-    per_class = [per_example[labels == c].mean() for c in range(3)]
-    assert glue.balanced_cross_entropy(logits, labels) == pytest.approx(float(sum(per_class) / 3))
-    balanced = torch.tensor([0, 1, 2, 0, 1, 2])
-    assert glue.balanced_cross_entropy(logits, balanced) == pytest.approx(float(F.cross_entropy(logits, balanced)))
-
-    runs = {"cola": [{"score": 50.0}, {"score": 60.0}], "rte": [{"score": 10.0}, {"score": 90.0}],
-            "sst2": [{"score": 90.0}, {"score": 80.0}]}
-    summary = glue.summarize(runs)
-    assert summary["average"]["tasks"] == ["cola", "sst2"] and summary["average"]["excluded"] == ["rte"]
-    assert summary["average"]["per_seed"] == [70.0, 70.0] and summary["average"]["std"] == 0.0
-    assert summary["tasks"]["rte"]["score"] == 50.0
-    assert glue.summarize({"rte": [{"score": 1.0}]})["average"] is None
-
-
 def test_glue_files_and_errors(workspace, tmp_path, capsys):
     _, model_dir, data = workspace
     mnli_tsv = tmp_path / "MNLI"
@@ -149,15 +122,15 @@ def test_glue_files_and_errors(workspace, tmp_path, capsys):
             "2\t3\t3c\tfiction\tbroken line\n"]
     for split in ("train", "dev_matched", "dev_mismatched"):
         (mnli_tsv / f"{split}.tsv").write_text(header + "".join(rows))
-    examples = glue.load_task_data(glue.TASKS["mnli"], tmp_path)
+    examples = load_task_data(TASKS["mnli"], tmp_path)
     assert examples["validation_mismatched"].texts == [["A man.", 'A "quoted" man.'], ["A person.", "Nobody."]]
     assert examples["train"].labels == [0, 2]
-    cola = glue.load_task_data(glue.TASKS["cola"], data)["validation"]
+    cola = load_task_data(TASKS["cola"], data)["validation"]
     assert len(cola) == 12 and cola.labels[:2] == [0, 1]
 
     (mnli_tsv / "train.tsv").write_text(header + "0\t1\t1\tg\tx\ty\tmaybe\tmaybe\n")
     with pytest.raises(EvaluationError, match=r"train.tsv: line/record 2: label 'maybe' is not a class id 0-2"):
-        glue.load_task_data(glue.TASKS["mnli"], tmp_path)
+        load_task_data(TASKS["mnli"], tmp_path)
 
     common = ["--model", str(model_dir), "--output", str(tmp_path / "o")]
     assert "unknown GLUE task wnli" in error_of(["eval", "glue", *common, "--tasks", "cola,wnli"], capsys)

@@ -7,10 +7,10 @@ import os
 import signal
 
 import pytest
+from test_training_loop import assert_losses_close, train
 
 from headless_megatron.config import parse_config
 from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
-from test_training_loop import assert_losses_close, train
 
 
 def _train_with_fault(argv, fault, at_iteration, on_rank):

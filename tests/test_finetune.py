@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_training_loop import train
 
 from headless_megatron.config import parse_config
 from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
-from test_training_loop import train
 
 FINETUNE = ["--loss", "ce", "--untie-embeddings-and-output-weights", "--lr", "1e-3"]
 
@@ -45,7 +45,9 @@ def _argv(dataset, pretrained, *flags):
 def test_new_head_is_the_pretrained_input_embedding_table_in_every_tp_shard(dataset, pretrained):
     (single,) = run_on_ranks(_initial_finetune_weights, 1, args=(_argv(dataset, pretrained),))
     assert torch.equal(single["head"], single["embedding"])
-    shards = run_on_ranks(_initial_finetune_weights, 2, args=(_argv(dataset, pretrained, "--tensor-model-parallel-size", "2"),))
+    shards = run_on_ranks(
+        _initial_finetune_weights, 2, args=(_argv(dataset, pretrained, "--tensor-model-parallel-size", "2"),)
+    )
     assert torch.equal(torch.cat([s["head"] for s in shards]), single["head"])
 
 

@@ -11,8 +11,8 @@ import re
 import shutil
 
 import pytest
-
 from fault_runs import FaultRun, pretrain_argv
+
 from headless_megatron.data.indexed import DatasetPaths
 from headless_megatron.data.preprocess import build_dataset
 from headless_megatron.data.sources import open_corpus

@@ -3,6 +3,7 @@
 import math
 
 import megatron_helpers as mh
+
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
 from headless_megatron.runtime.local_ranks import run_on_ranks
 

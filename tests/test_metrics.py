@@ -114,7 +114,7 @@ def test_masked_only_head_projects_the_masked_positions_alone():
 
 def _cwt_products(labels, loss_mask):
     """K x U of each micro-batch, the plain way."""
-    return sum(int(m.sum()) * len(set(l[m > 0].tolist())) for l, m in zip(labels, loss_mask))
+    return sum(int(m.sum()) * len(set(row[m > 0].tolist())) for row, m in zip(labels, loss_mask))
 
 
 def test_candidate_counter_counts_k_times_u_per_micro_batch():

@@ -138,8 +138,8 @@ def test_streamed_file_shards_merged_equal_a_single_run(topics_tokenizer, tmp_pa
 def test_empty_and_whitespace_documents_are_counted_skips(topics_tokenizer, tmp_path, capsys):
     records = [{"text": "A real document."}, {"text": ""}, {"text": " \n\t "}, {"text": None}, {"text": "Another one."}]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
-    assert _preprocess("--input", tmp_path / "a.jsonl", "--tokenizer", topics_tokenizer, "--output-prefix", tmp_path / "out",
-                       "--cache-dir", tmp_path / "cache") == 0
+    assert _preprocess("--input", tmp_path / "a.jsonl", "--tokenizer", topics_tokenizer,
+                       "--output-prefix", tmp_path / "out", "--cache-dir", tmp_path / "cache") == 0
     assert capsys.readouterr().out.rstrip().endswith("; skipped 3 (empty 2, no text (field missing or null) 1)")
     info = read_sidecar(tmp_path / "out_text_document.json")
     assert info.documents == 2 and info.source["skipped"] == {"empty": 2, "invalid_utf8": 0, "no_text_key": 1}
@@ -172,10 +172,11 @@ BAD_INPUTS = {
                  "--text-key text: record 1 of {dir}/a.jsonl holds int '12', expected text"),
     "record without the text, --strict": ([("a.jsonl", '{"text": "x"}\n{"body": "y"}\n')],
                                           ["--input", "{dir}/a.jsonl", "--strict"],
-                                          "--text-key text: record 1 of {dir}/a.jsonl has no text (the field is missing "
-                                          "or null; drop --strict to skip such records)"),
+                                          "--text-key text: record 1 of {dir}/a.jsonl has no text (the field is "
+                                          "missing or null; drop --strict to skip such records)"),
     "dtype too small": ([("a.jsonl", '{"text": "x"}\n')], ["--input", "{dir}/a.jsonl", "--dtype", "uint8"],
-                        "--dtype uint8: the tokenizer has 400 ids, more than uint8 holds (256); choose a wider dtype or --dtype auto"),
+                        "--dtype uint8: the tokenizer has 400 ids, more than uint8 holds (256); choose a wider dtype "
+                        "or --dtype auto"),
 }
 
 
@@ -187,7 +188,8 @@ def test_bad_input_is_a_one_line_error_and_leaves_no_output(case, topics_tokeniz
     args = [arg.format(dir=tmp_path) for arg in args]
     assert _preprocess(*args, "--tokenizer", topics_tokenizer, "--output-prefix", tmp_path / "out",
                        "--cache-dir", tmp_path / "cache") == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"headless-megatron preprocess: error: {message.format(dir=tmp_path)}"
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error == f"headless-megatron preprocess: error: {message.format(dir=tmp_path)}"
     assert _outputs(tmp_path) == (["cache"] if (tmp_path / "cache").exists() else [])
 
 
@@ -219,7 +221,8 @@ def test_a_bad_input_with_a_trained_tokenizer_leaves_no_tokenizer_behind(tmp_pat
 
 def test_an_interrupted_run_keeps_the_previous_dataset_and_leaves_no_partial_files(topics_tokenizer, tmp_path,
                                                                                    monkeypatch, capsys):
-    assert _preprocess("--input", "builtin:python-topics", "--tokenizer", topics_tokenizer, "--output-prefix", tmp_path / "p") == 0
+    assert _preprocess("--input", "builtin:python-topics", "--tokenizer", topics_tokenizer,
+                       "--output-prefix", tmp_path / "p") == 0
     before = _dataset_bytes(tmp_path / "p_text_document")
     calls = []
 
@@ -260,8 +263,10 @@ def test_merge_needs_every_shard_and_one_tokenizer(topics_tokenizer, tmp_path, c
     (["--merge", "--input", "builtin:python-topics"], "--merge combines existing shards: drop --input"),
     (["--tokenizer", "x"], "--input is required (or --merge)"),
     (["--input", "builtin:python-topics"], "expected exactly one of --tokenizer and --train-tokenizer"),
-    (["--input", "builtin:python-topics", "--train-tokenizer", "bpe"], "--train-tokenizer bpe: --vocab-size is required"),
-    (["--input", "builtin:python-topics", "--tokenizer", "t.json", "--vocab-size", "9"], "--vocab-size goes with --train-tokenizer"),
+    (["--input", "builtin:python-topics", "--train-tokenizer", "bpe"],
+     "--train-tokenizer bpe: --vocab-size is required"),
+    (["--input", "builtin:python-topics", "--tokenizer", "t.json", "--vocab-size", "9"],
+     "--vocab-size goes with --train-tokenizer"),
 ])
 def test_usage_errors(args, message, tmp_path, capsys):
     assert _preprocess(*args, "--output-prefix", tmp_path / "p") == 2
@@ -281,4 +286,6 @@ def test_the_megatron_lm_style_tool_reports_errors_on_stderr_with_status_2(tmp_p
                            "--tokenizer", "gpt2", "--output-prefix", str(tmp_path / "p")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == f"headless-megatron preprocess: error: --input {tmp_path}/x.jsonl: no such file or directory\n"
+    assert done.stderr == (
+        f"headless-megatron preprocess: error: --input {tmp_path}/x.jsonl: no such file or directory\n"
+    )

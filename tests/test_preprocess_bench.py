@@ -8,7 +8,9 @@ def test_table_with_one_and_two_workers(capsys):
     assert main_for_tool("preprocess", ["--input", "builtin:python-topics", "--train-tokenizer", "bpe",
                                         "--vocab-size", "300", "--workers", "1", "2", "--repeat", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("corpus builtin:python-topics x2, tokenizer trained bpe (vocab 300) on builtin:python-topics (300 ids)")
+    assert lines[0].startswith(
+        "corpus builtin:python-topics x2, tokenizer trained bpe (vocab 300) on builtin:python-topics (300 ids)"
+    )
     assert lines[1].split() == ["workers", "documents", "tokens", "MB", "seconds", "tokens/s", "MB/s", "speed-up"]
     rows = [line.split() for line in lines[2:]]
     assert [row[0] for row in rows] == ["1", "2"]

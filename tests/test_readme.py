@@ -24,7 +24,8 @@ headless-megatron() {
     case "$1" in
         preprocess) case " $* " in *" --train-tokenizer "*) set -- "$@" --vocab-size 512;; esac
                     set -- "$@" --quiet;;
-        pretrain|finetune) set -- "$@" --train-iters 3 --lr-warmup-iters 1 --eval-iters 0 --num-workers 0 --log-interval 1;;
+        pretrain|finetune) set -- "$@" --train-iters 3 --lr-warmup-iters 1 --eval-iters 0 --num-workers 0 \
+                               --log-interval 1;;
     esac
     "$PYTHON" -m headless_megatron "$@"
 }

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from slurm_cluster import LocalSlurm, slurm_missing_reason
 from test_training_loop import assert_losses_close
 

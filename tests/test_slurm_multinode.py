@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from slurm_cluster import TwoNodeSlurm, namespaces_missing_reason, slurm_missing_reason
 
 if slurm_missing_reason() or namespaces_missing_reason():

@@ -60,7 +60,8 @@ def _measure(options: dict) -> list[dict]:
     from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
 
     device = init_distributed(ParallelLayout(1, 1), seed=0)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[options["dtype"] or ("bf16" if device.type == "cuda" else "fp32")]
+    dtype_name = options["dtype"] or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     heads, groups = options["heads"], options["query_groups"] or options["heads"]
     seq, batch, dim = options["seq_length"], options["micro_batch_size"], options["head_dim"]
     config = TransformerConfig(
@@ -91,9 +92,9 @@ def _measure(options: dict) -> list[dict]:
 
 
 def run(args) -> int:
-    from headless_megatron.runtime.local_ranks import run_on_ranks
-
     import torch
+
+    from headless_megatron.runtime.local_ranks import run_on_ranks
 
     rows = run_on_ranks(_measure, 1, args=(vars(args),), timeout=3600)[0]
     gpu = torch.cuda.is_available()

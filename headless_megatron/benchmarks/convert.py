@@ -98,7 +98,8 @@ def run(args) -> int:
     max_shard = shard_size_bytes(args.max_shard_size)
     layout = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
     print(f"import at TP{layout[0]} x PP{layout[1]}, export with --max-shard-size {args.max_shard_size}; "
-          f"{os.cpu_count()} CPUs; memory: peak PSS (anonymous + shared) of the step's process tree above its baseline", flush=True)
+          f"{os.cpu_count()} CPUs; memory: peak PSS (anonymous + shared) of the step's process tree above its "
+          "baseline", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="hm-bench-convert-", dir=args.scratch) as scratch:
         for shape in args.shapes:

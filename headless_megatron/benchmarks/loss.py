@@ -46,7 +46,9 @@ class Shape:
             positions, hidden, vocab = (int(d) for d in dims.split("x"))
             total = int(tokens) if tokens else positions
         except ValueError:
-            raise ValueError(f"--shape {text!r}: expected NAME:KxHxV or NAME:KxHxV@TOKENS, e.g. decoder:16376x512x50304")
+            raise ValueError(
+                f"--shape {text!r}: expected NAME:KxHxV or NAME:KxHxV@TOKENS, e.g. decoder:16376x512x50304"
+            ) from None
         if not 0 < positions <= total or hidden <= 0 or vocab <= 0:
             raise ValueError(f"--shape {text!r}: need 0 < K <= TOKENS and positive H, V")
         return cls(name, positions, hidden, vocab, total)
@@ -190,6 +192,7 @@ def run(args) -> int:
                 f"{ce['peak_bytes'] / max(cwt['peak_bytes'], 1):.1f}x",
             ))
             print(f"measured {rows[-1][0]} {distribution}", flush=True)
-    print(f"\nforward+backward, median of {args.iters}, {args.dtype}, device {device}; peak = extra memory over the inputs")
+    print(f"\nforward+backward, median of {args.iters}, {args.dtype}, device {device}; "
+          "peak = extra memory over the inputs")
     print_table(header, rows)
     return 0

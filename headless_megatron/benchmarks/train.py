@@ -89,6 +89,7 @@ def _measure(argv: list[str], iters: int, warmup: int) -> dict | None:
     world = dist.get_world_size()
     tflops = statistics.median(flops) / median / world / 1e12
     device_peak = peak_flops_per_device(config.bf16 or config.fp16)
+    vpp = config.virtual_pipeline_model_parallel_size
     return {
         "tokens_per_sec": config.tokens_per_iteration / median,
         "iteration_flops": statistics.median(flops),
@@ -98,7 +99,7 @@ def _measure(argv: list[str], iters: int, warmup: int) -> dict | None:
         "loss": losses[-1],
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "layout": f"TP{config.tensor_model_parallel_size} PP{config.pipeline_model_parallel_size}"
-                  + (f"xVPP{config.virtual_pipeline_model_parallel_size}" if config.virtual_pipeline_model_parallel_size else "")
+                  + (f"xVPP{vpp}" if vpp else "")
                   + f" DP{config.data_parallel_size(world)} mbs{config.micro_batch_size} gbs{config.global_batch_size} "
                   + f"s{config.seq_length} {'bf16' if config.bf16 else 'fp16' if config.fp16 else 'fp32'}",
     }
@@ -109,8 +110,8 @@ def run(args) -> int:
     from headless_megatron.runtime.local_ranks import run_on_ranks
     from headless_megatron.training.metrics import FLOPS_CONVENTION
 
-    fixed = ["--train-iters", str(args.warmup + args.iters), "--lr-warmup-iters", "0", "--eval-iters", "0", "--num-workers", "0",
-             "--log-interval", str(10**9), "--save", "none", "--load", "none"]
+    fixed = ["--train-iters", str(args.warmup + args.iters), "--lr-warmup-iters", "0", "--eval-iters", "0",
+             "--num-workers", "0", "--log-interval", str(10**9), "--save", "none", "--load", "none"]
     runs = []
     for config in args.config:
         path, *own_flags = shlex.split(config)

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from headless_megatron.convert import ConversionError
 
-
 Recogniser = Callable[[Path], str | None]
 """Given an existing non-empty output: None when it is an earlier output that may be replaced, else
 what it is not (``"not an earlier export: no config.json"``)."""

@@ -28,9 +28,7 @@ with one line naming the file.
 
 from __future__ import annotations
 
-import json
 import warnings
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +43,16 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 from headless_megatron.config import ConfigError, TrainConfig
 from headless_megatron.convert import ConversionError
 from headless_megatron.errors import first_line
-from headless_megatron.training.checkpoint import CheckpointError, iteration_dir, latest_checkpoint
+from headless_megatron.training.checkpoint import (
+    COMMON_FILE,
+    MEGATRON_METADATA_FILE,
+    CheckpointError,
+    complete_metadata,
+    iteration_dir,
+    latest_checkpoint,
+    root_cause,
+)
 
-COMMON_FILE = "common.pt"
-DCP_METADATA_FILE = ".metadata"
-MEGATRON_METADATA_FILE = "metadata.json"
 OPTIMIZER_PREFIX = "optimizer."
 
 
@@ -95,7 +98,7 @@ class MegatronCheckpoint:
                      no_dist=True)
         except Exception as error:  # DCP raises a CheckpointException wrapping anything
             raise ConversionError(
-                f"{self.path}: cannot read the model tensors: {first_line(_root_cause(error))}"
+                f"{self.path}: cannot read the model tensors: {first_line(root_cause(error))}"
             ) from error
         return state if layer is None else {key: tensor[0] for key, tensor in state.items()}
 
@@ -124,7 +127,10 @@ def open_checkpoint(path: str | Path, iteration: int | None = None) -> MegatronC
     """The checkpoint at ``path``: a save directory (its latest iteration, or ``iteration``) or one
     ``iter_NNNNNNN`` directory. Checks that it is complete and one of ours; reads no tensor yet."""
     directory = _iteration_directory(Path(path), iteration)
-    metadata = _complete_metadata(directory)
+    try:
+        metadata = complete_metadata(directory)
+    except CheckpointError as error:
+        raise ConversionError(str(error)) from error
     try:
         common = torch.load(directory / COMMON_FILE, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle and zip errors alike
@@ -170,45 +176,3 @@ def _iteration_directory(path: Path, iteration: int | None) -> Path:
             "an iter_NNNNNNN directory)"
         )
     return directory
-
-
-def _complete_metadata(directory: Path):
-    """DCP's metadata of ``directory``, after checking that every file it references is whole."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    try:
-        backend = json.loads((directory / MEGATRON_METADATA_FILE).read_text()).get("sharded_backend")
-    except (OSError, ValueError) as error:
-        raise ConversionError(f"{directory}: incomplete checkpoint: unreadable {MEGATRON_METADATA_FILE} ({error})")
-    if backend != "torch_dist":
-        raise ConversionError(f"{directory}: a {backend} checkpoint; only torch_dist checkpoints are read")
-    for name in (COMMON_FILE, DCP_METADATA_FILE):
-        if not (directory / name).is_file():
-            raise ConversionError(f"{directory}: incomplete checkpoint: {name} is missing")
-    try:
-        metadata = FileSystemReader(str(directory)).read_metadata()
-    except Exception as error:  # unpickling a damaged file can raise anything
-        raise ConversionError(f"{directory}: incomplete checkpoint: unreadable {DCP_METADATA_FILE} "
-                              f"({first_line(error)})") from error
-    needed_bytes: dict[str, int] = defaultdict(int)
-    for info in (metadata.storage_data or {}).values():
-        needed_bytes[info.relative_path] = max(needed_bytes[info.relative_path], info.offset + info.length)
-    for name, size in sorted(needed_bytes.items()):
-        file = directory / name
-        if not file.is_file():
-            raise ConversionError(f"{directory}: incomplete checkpoint: {name} is missing")
-        if file.stat().st_size < size:
-            raise ConversionError(
-                f"{directory}: incomplete checkpoint: {name} is truncated ({file.stat().st_size} of {size} bytes)"
-            )
-    return metadata
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    """DCP reports a failed read as ``CheckpointException({rank: WrappedException})``; the wrapped
-    exception is the one worth quoting."""
-    failures = getattr(error, "failures", None)
-    if isinstance(failures, dict) and failures:
-        wrapped = next(iter(failures.values()))
-        return getattr(wrapped, "exc", wrapped)
-    return error

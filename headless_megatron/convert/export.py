@@ -220,7 +220,9 @@ def _hf_shapes(source: MegatronCheckpoint, units: list[_ReadUnit]) -> dict[str, 
     return shapes
 
 
-def _hf_tensors(source: MegatronCheckpoint, units: list[_ReadUnit], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+def _hf_tensors(
+    source: MegatronCheckpoint, units: list[_ReadUnit], dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
     """``(HF name, tensor)`` in write order, each tensor its own contiguous memory in ``dtype``
     (safetensors refuses tensors that share memory, and views of one fused tensor would); at most
     one checkpoint tensor and its converted parts are alive here at a time."""
@@ -388,5 +390,7 @@ def push_to_hub(directory: str | os.PathLike, repo_id: str, private: bool = Fals
 
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(directory), repo_id=repo_id, commit_message="Upload from headless-megatron")
+    commit = api.upload_folder(
+        folder_path=str(directory), repo_id=repo_id, commit_message="Upload from headless-megatron"
+    )
     return str(commit)

@@ -71,7 +71,9 @@ class TensorMapping:
         return tuple(name.replace(LAYER, str(layer)) for name in self.hf)
 
 
-def megatron_to_hf(mappings: list[TensorMapping], tensors: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+def megatron_to_hf(
+    mappings: list[TensorMapping], tensors: dict[str, torch.Tensor], num_layers: int
+) -> dict[str, torch.Tensor]:
     """The Hugging Face state dict of full Megatron ``tensors`` (each HF tensor its own contiguous
     copy: safetensors refuses tensors that share memory, and views of one fused tensor would)."""
     hf: dict[str, torch.Tensor] = {}
@@ -202,7 +204,9 @@ def vocab_rows_mapping(megatron: str, hf: str, vocab_size: int, padded_vocab_siz
     )
 
 
-def qkv_mapping(megatron: str, hf: tuple[str, str, str], num_heads: int, num_groups: int, head_dim: int) -> TensorMapping:
+def qkv_mapping(
+    megatron: str, hf: tuple[str, str, str], num_heads: int, num_groups: int, head_dim: int
+) -> TensorMapping:
     """A fused ``linear_qkv`` weight or bias and its separate query, key and value tensors."""
     return TensorMapping(
         megatron, hf,

@@ -115,7 +115,9 @@ class MegatronBertConversion:
         embeddings, layer = prefix + "embeddings.", f"{prefix}encoder.layer.{LAYER}."
         attention = layer + "attention."
         mappings = [
-            vocab_rows_mapping("embedding.word_embeddings.weight", embeddings + "word_embeddings.weight", vocab, padded),
+            vocab_rows_mapping(
+                "embedding.word_embeddings.weight", embeddings + "word_embeddings.weight", vocab, padded
+            ),
             TensorMapping("embedding.position_embeddings.weight",
                           (embeddings + "position_embeddings.weight", embeddings + "token_type_embeddings.weight"),
                           _with_zero_token_type, _token_type_zero_into_positions),
@@ -127,7 +129,8 @@ class MegatronBertConversion:
                 qkv_mapping(f"encoder.layers.self_attention.linear_qkv.{kind}",
                             tuple(f"{attention}self.{name}.{kind}" for name in ("query", "key", "value")),
                             heads, heads, head_dim),
-                TensorMapping(f"encoder.layers.self_attention.linear_proj.{kind}", (f"{attention}output.dense.{kind}",)),
+                TensorMapping(f"encoder.layers.self_attention.linear_proj.{kind}",
+                              (f"{attention}output.dense.{kind}",)),
                 TensorMapping(f"encoder.layers.mlp.linear_fc1.layer_norm_{kind}", (f"{layer}ln.{kind}",)),
                 TensorMapping(f"encoder.layers.mlp.linear_fc1.{kind}", (f"{layer}intermediate.dense.{kind}",)),
                 TensorMapping(f"encoder.layers.mlp.linear_fc2.{kind}", (f"{layer}output.dense.{kind}",)),

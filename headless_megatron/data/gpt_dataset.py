@@ -23,7 +23,7 @@ import torch
 
 from headless_megatron.data.tokenizer import Tokenizer
 from headless_megatron.quiet import drop_log_records
-from headless_megatron.training.signals import ignore_stop_signals
+from headless_megatron.runtime.processes import ignore_stop_signals
 
 
 class MicroBatchSampler:
@@ -126,7 +126,9 @@ def check_indexed_dataset(prefix: str) -> None:
     try:
         index = IndexedDataset(prefix).index
     except Exception as error:  # noqa: BLE001 - numpy and struct errors of a damaged index alike
-        raise DataError(f"{prefix}.idx: not a readable Megatron index, truncated or damaged ({first_line(error)})")
+        raise DataError(
+            f"{prefix}.idx: not a readable Megatron index, truncated or damaged ({first_line(error)})"
+        ) from error
     expected = 0
     if len(index.sequence_lengths):
         expected = int(index.sequence_pointers[-1]) + int(index.sequence_lengths[-1]) * index.dtype_size

@@ -36,7 +36,9 @@ class Masking:
     special_ids: tuple[int, ...] = ()
 
 
-def mask_tokens(tokens: torch.Tensor, masking: Masking, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    tokens: torch.Tensor, masking: Masking, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(corrupted input ids, loss mask) for one 1-D sequence of token ids."""
     if masking.scheme == "bert":
         return _bert_masking(tokens, masking, generator)

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headless_megatron.data.errors import DataError
-from headless_megatron.errors import first_line
 from headless_megatron.data.sources import looks_like_a_local_path
+from headless_megatron.errors import first_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import multiprocessing
 import os
 import socket
 import subprocess
@@ -23,6 +22,7 @@ import torch.distributed as dist
 
 from headless_megatron.errors import first_line
 from headless_megatron.runtime import cpu
+from headless_megatron.runtime.processes import kill_children
 
 # Keys of the rendezvous store (the TCP store on MASTER_ADDR) that say where each rank runs and,
 # after a failed collective, which ranks are still alive.
@@ -153,8 +153,7 @@ def naming_lost_ranks(wait_seconds: float = 10.0):
             if dist.is_initialized() and dist.get_world_size() > 1:
                 print(f"rank {dist.get_rank()}: a collective failed ({first_line(error)}); "
                       f"{_census(wait_seconds)}", flush=True)
-            for child in multiprocessing.active_children():
-                child.kill()
+            kill_children()
         raise
 
 

@@ -15,9 +15,11 @@ layout-free shape), so a run may resume with another TP/PP/DP layout than the on
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +31,13 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from headless_megatron.errors import UserError, first_line
-from headless_megatron.training.signals import helper_process_setup, stop_signals_deferred
+from headless_megatron.runtime.processes import helper_process_setup
+from headless_megatron.training.signals import stop_signals_deferred
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
+COMMON_FILE = "common.pt"
+DCP_METADATA_FILE = ".metadata"
+MEGATRON_METADATA_FILE = "metadata.json"
 CHECKPOINT_VERSION = 3.0
 # Read back by the loader of the optimizer state; stored in the checkpoint's metadata.json.
 SHARDING_METADATA = {
@@ -65,7 +71,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     if not text.isdigit():
         raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
     path = iteration_dir(root, int(text))
-    if not (path / "metadata.json").is_file():
+    if not (path / MEGATRON_METADATA_FILE).is_file():
         raise CheckpointError(f"{tracker} names iteration {text}, but {path} is missing or incomplete")
     return path
 
@@ -110,16 +116,58 @@ def checkpoint_problem(path: Path) -> str | None:
     The check of ``export-hf``'s reader: Megatron's and DCP's metadata readable, and every file the
     metadata references present at its full size.
     """
-    from headless_megatron.convert import ConversionError
-    from headless_megatron.convert.checkpoint_reader import _complete_metadata
-
-    if not (path / "metadata.json").is_file():
-        return f"{path}: incomplete checkpoint: metadata.json is missing"
+    if not (path / MEGATRON_METADATA_FILE).is_file():
+        return f"{path}: incomplete checkpoint: {MEGATRON_METADATA_FILE} is missing"
     try:
-        _complete_metadata(path)
-    except ConversionError as error:
+        complete_metadata(path)
+    except CheckpointError as error:
         return str(error)
     return None
+
+
+def complete_metadata(directory: Path):
+    """DCP's metadata of ``directory``, after checking that every file it references is whole
+    (a :class:`CheckpointError` naming the file otherwise)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        backend = json.loads((directory / MEGATRON_METADATA_FILE).read_text()).get("sharded_backend")
+    except (OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{directory}: incomplete checkpoint: unreadable {MEGATRON_METADATA_FILE} ({error})"
+        ) from error
+    if backend != "torch_dist":
+        raise CheckpointError(f"{directory}: a {backend} checkpoint; only torch_dist checkpoints are read")
+    for name in (COMMON_FILE, DCP_METADATA_FILE):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory}: incomplete checkpoint: {name} is missing")
+    try:
+        metadata = FileSystemReader(str(directory)).read_metadata()
+    except Exception as error:  # unpickling a damaged file can raise anything
+        raise CheckpointError(f"{directory}: incomplete checkpoint: unreadable {DCP_METADATA_FILE} "
+                              f"({first_line(error)})") from error
+    needed_bytes: dict[str, int] = defaultdict(int)
+    for info in (metadata.storage_data or {}).values():
+        needed_bytes[info.relative_path] = max(needed_bytes[info.relative_path], info.offset + info.length)
+    for name, size in sorted(needed_bytes.items()):
+        file = directory / name
+        if not file.is_file():
+            raise CheckpointError(f"{directory}: incomplete checkpoint: {name} is missing")
+        if file.stat().st_size < size:
+            raise CheckpointError(
+                f"{directory}: incomplete checkpoint: {name} is truncated ({file.stat().st_size} of {size} bytes)"
+            )
+    return metadata
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """DCP reports a failed read as ``CheckpointException({rank: WrappedException})``; the wrapped
+    exception is the one worth quoting."""
+    failures = getattr(error, "failures", None)
+    if isinstance(failures, dict) and failures:
+        wrapped = next(iter(failures.values()))
+        return getattr(wrapped, "exc", wrapped)
+    return error
 
 
 def _unwrap(chunk):
@@ -226,7 +274,9 @@ def _sharded_state_dict(model_chunks, optimizer, scheduler, common: dict, is_loa
         state[key] = model_state[key] = _unwrap(chunk).sharded_state_dict(metadata=SHARDING_METADATA)
     if optimizer is not None:
         _materialize_optimizer_state(optimizer)
-        state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=SHARDING_METADATA)
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_state, is_loading=is_loading, metadata=SHARDING_METADATA
+        )
         state["opt_param_scheduler"] = scheduler.state_dict()
     if with_rng:
         state["rng_state"] = _rng_state()
@@ -292,7 +342,9 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
     try:
         common = dist_checkpointing.load_common_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same clear error
-        raise CheckpointError(f"{path}: not a readable torch_dist checkpoint ({type(error).__name__}: {error})")
+        raise CheckpointError(
+            f"{path}: not a readable torch_dist checkpoint ({type(error).__name__}: {error})"
+        ) from error
     saved = common.get("config", {})
     same_layout = (
         saved.get("tensor_model_parallel_size") == ps.get_tensor_model_parallel_world_size()
@@ -305,9 +357,7 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
     try:
         loaded = dist_checkpointing.load(state, str(path))
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - a shape or key mismatch, or damaged data
-        from headless_megatron.convert.checkpoint_reader import _root_cause
-
-        raise CheckpointError(f"{path}: cannot be loaded into this model: {first_line(_root_cause(error))}") from error
+        raise CheckpointError(f"{path}: cannot be loaded into this model: {first_line(root_cause(error))}") from error
     for index, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{index}"
         _unwrap(chunk).load_state_dict(loaded[key])
@@ -343,14 +393,17 @@ def load_pretrained_weights(root: str | Path, model_chunks, config) -> dict:
     try:
         common = dist_checkpointing.load_common_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same clear error
-        raise CheckpointError(f"pretrained: {path} is not a readable torch_dist checkpoint ({type(error).__name__})")
+        raise CheckpointError(
+            f"pretrained: {path} is not a readable torch_dist checkpoint ({type(error).__name__})"
+        ) from error
     from headless_megatron.config import TrainConfig
 
     saved = TrainConfig.from_dict(common["config"])
     for key in ARCHITECTURE_KEYS:
         if getattr(saved, key) != getattr(config, key):
             raise CheckpointError(
-                f"{key}: {getattr(config, key)!r} differs from the pretrained checkpoint's {getattr(saved, key)!r} ({path})"
+                f"{key}: {getattr(config, key)!r} differs from the pretrained checkpoint's "
+                f"{getattr(saved, key)!r} ({path})"
             )
     head_from_embeddings = saved.share_embeddings_and_output_weights
     state = {}

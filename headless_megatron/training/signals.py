@@ -7,8 +7,8 @@ slightly different times and every rank must stop after the same iteration to sa
 second SIGINT ends the process at once, without saving (the previous checkpoint stays the latest).
 
 SLURM (and a terminal's Ctrl-C) signal every process, so the processes a rank starts must neither
-die of a stop signal nor outlive the rank: see :func:`ignore_stop_signals`,
-:func:`stop_signals_deferred`, :func:`helper_process_setup` and :func:`kill_helpers_at_exit`.
+die of a stop signal nor outlive the rank: see :mod:`headless_megatron.runtime.processes`,
+:func:`stop_signals_deferred` and :func:`kill_helpers_at_exit`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import signal
 import sys
 import time
 
+from headless_megatron.runtime.processes import STOP_SIGNALS, kill_children
+
 _REASONS = ("", "SIGTERM", "SIGUSR1", "exit_duration_in_mins", "exit_interval", "SIGINT")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopConditions:
@@ -70,26 +71,6 @@ class StopConditions:
             signal.signal(number, handler)
 
 
-def ignore_stop_signals(_worker_id: int | None = None) -> None:
-    """For helper processes (DataLoader workers): SLURM signals every process of a job step, and
-    only the rank itself should act on a stop signal."""
-    for number in STOP_SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
-
-
-def helper_process_setup() -> None:
-    """Initializer of a helper process that lives as long as the rank (the checkpoint writer's):
-    deaf to stop signals, and killed by the kernel when the rank dies, even by SIGKILL."""
-    ignore_stop_signals()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        parent = os.getppid()
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the rank died before the request took effect
-            os._exit(1)
-
-
 @contextlib.contextmanager
 def stop_signals_deferred():
     """Block the stop signals while the body runs; they are delivered (and recorded) afterwards.
@@ -106,20 +87,17 @@ def stop_signals_deferred():
 
 
 def _kill_daemonic_helpers() -> None:
-    import multiprocessing
-
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
+    kill_children(daemonic_only=True)
 
 
 def kill_helpers_at_exit() -> None:
     """Kill this process's daemonic helpers (DataLoader workers) when it exits.
 
-    They ignore SIGTERM (see :func:`ignore_stop_signals`), and ``multiprocessing``'s exit handler
-    stops them with SIGTERM and then joins them without a timeout: after an error that left a
-    DataLoader alive (its iterator held by the traceback), the process would never exit. Handlers
-    registered later run first, so this one runs before ``multiprocessing``'s.
+    They ignore SIGTERM (see :func:`~headless_megatron.runtime.processes.ignore_stop_signals`), and
+    ``multiprocessing``'s exit handler stops them with SIGTERM and then joins them without a timeout:
+    after an error that left a DataLoader alive (its iterator held by the traceback), the process
+    would never exit. Handlers registered later run first, so this one runs before
+    ``multiprocessing``'s.
     """
     import multiprocessing.util  # noqa: F401 - registers its own exit handler first
 

@@ -41,7 +41,7 @@ def _this_rank() -> bool:
 
 
 def _patch(loop):
-    action, phase, iteration = _SPEC[0], _SPEC[1], int(_SPEC[2])
+    phase, iteration = _SPEC[1], int(_SPEC[2])
     Trainer = loop.Trainer
     if phase == "training":
         train_step = Trainer.train_step
