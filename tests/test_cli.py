@@ -47,7 +47,8 @@ def test_nproc_flag_is_taken_out_of_the_command_line(argv, expected):
 
 def test_bad_nproc_value_names_the_flag(capsys):
     assert main(["check", "--nproc-per-node", "two"]) == 2
-    assert capsys.readouterr().err == "headless-megatron: error: --nproc-per-node: expected a positive integer, got 'two'\n"
+    expected = "headless-megatron: error: --nproc-per-node: expected a positive integer, got 'two'\n"
+    assert capsys.readouterr().err == expected
 
 
 def test_check_trains_on_two_ranks_with_tensor_and_sequence_parallelism():

@@ -20,4 +20,5 @@ def test_table_with_one_and_two_workers(capsys):
 
 def test_bad_input_is_reported(capsys):
     assert main(["bench", "preprocess", "--input", "missing.jsonl"]) == 2
-    assert capsys.readouterr().err == "headless-megatron bench: error: --input missing.jsonl: no such file or directory\n"
+    expected = "headless-megatron bench: error: --input missing.jsonl: no such file or directory\n"
+    assert capsys.readouterr().err == expected

@@ -158,9 +158,8 @@ def _fmt_mb(size: int) -> str:
 
 
 def run(args) -> int:
-    from headless_megatron.runtime.local_ranks import run_on_ranks
-
     from headless_megatron.errors import UsageError
+    from headless_megatron.runtime.local_ranks import run_on_ranks
 
     try:
         shapes = [Shape.parse(text) for text in (args.shape or DEFAULT_SHAPES)]

@@ -58,6 +58,11 @@ def check_config(args, world_size: int):
     return config
 
 
+def validate_for_launch(args, world_size: int) -> None:
+    """The layout checks that need no rank, run by ``--nproc-per-node`` before it starts any."""
+    check_config(args, world_size).validate(world_size)
+
+
 def run(args) -> int:
     import torch
 

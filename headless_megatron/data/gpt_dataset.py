@@ -104,7 +104,9 @@ def build_gpt_datasets(config, tokenizer: Tokenizer | None, samples: tuple[int, 
         ]
     else:
         # Mock data is cheap to rebuild and given no cache directory on purpose; Megatron warns of it per split.
-        drop_log_records(MockGPTDataset.__module__, r"^Unable to save MockGPTDataset indexes because path_to_cache is None$")
+        drop_log_records(
+            MockGPTDataset.__module__, r"^Unable to save MockGPTDataset indexes because path_to_cache is None$"
+        )
     dataset_class = MockGPTDataset if config.mock_data else GPTDataset
     return BlendedMegatronDatasetBuilder(dataset_class, list(samples), lambda: True, dataset_config).build()
 
