@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from headless_megatron import config as config_module
+from headless_megatron.config import loader, validation
 from headless_megatron.config import (
     ConfigError,
     TrainConfig,
@@ -210,8 +210,8 @@ def test_field_checks_at_construction(field, value, message):
 
 def test_check_tables_name_real_fields():
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert set(config_module._RANGES) <= fields
-    assert {field for field, _ in config_module._MEGATRON_LM_SPELLINGS.values()} <= fields
+    assert set(validation._RANGES) <= fields
+    assert {field for field, _ in loader._MEGATRON_LM_SPELLINGS.values()} <= fields
 
 
 def test_replace_checks_the_new_values():
