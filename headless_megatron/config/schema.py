@@ -454,6 +454,8 @@ def fail(key: str, problem: str) -> typing.NoReturn:
 
 
 class FieldType(NamedTuple):
+    """What a field holds, read from its annotation."""
+
     kind: type  # bool, int, float, str or list (of str)
     optional: bool
     choices: tuple[str, ...] | None
@@ -461,6 +463,7 @@ class FieldType(NamedTuple):
 
 @functools.cache
 def field_types() -> dict[str, FieldType]:
+    """Each field's :class:`FieldType`, in declaration order."""
     types_by_name = {}
     for name, hint in typing.get_type_hints(TrainConfig).items():
         optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
@@ -474,6 +477,7 @@ def field_types() -> dict[str, FieldType]:
 
 
 def required_fields() -> list[str]:
+    """The fields without a default, which every config must set."""
     return [
         f.name for f in dataclasses.fields(TrainConfig)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

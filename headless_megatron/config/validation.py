@@ -264,6 +264,7 @@ _RANGES = {
 
 
 def closest(word: str, candidates) -> str | None:
+    """The candidate closest to ``word`` (a typo's hint), or None when none is close."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return matches[0] if matches else None
 
