@@ -106,6 +106,22 @@ def test_attention_and_head_terms_per_family():
     assert FAMILIES["bert"].projected_positions(bert, 7) == 7
 
 
+def test_gpt_feeds_the_windows_and_bert_masks_them_as_its_keys_say():
+    import torch
+
+    from headless_megatron.data.mlm_dataset import Masking, MaskedLMDataset
+
+    windows = [{"tokens": torch.arange(64) % 500} for _ in range(3)]
+    gpt = tiny("gpt_headless_tiny")
+    assert FAMILIES["gpt"].wrap_data(gpt, None, windows) is windows
+    bert = tiny("bert_headless_tiny", "--masking", "paper", "--mask-prob", "0.3", "--seed", "5")
+    samples = FAMILIES["bert"].wrap_data(bert, None, windows)
+    assert isinstance(samples, MaskedLMDataset) and samples.windows is windows and samples.seed == 5
+    # mock data (no tokenizer): the mask token and the one special id are the vocabulary's last ids
+    assert samples.masking == Masking("paper", 0.3, mask_id=510, vocab_size=512, special_ids=(511,))
+    assert torch.equal(samples[1]["labels"], windows[1]["tokens"]) and samples[1]["loss_mask"].sum() == 20
+
+
 def test_each_family_names_its_hugging_face_conversion():
     from headless_megatron.convert.export import conversion_for
     from headless_megatron.convert.importer import IMPORTABLE
