@@ -101,7 +101,8 @@ def test_family_flops_equal_the_former_count(recipe):
 def test_attention_and_head_terms_per_family():
     assert FAMILIES["gpt"].attended_positions(512) == 256
     assert FAMILIES["bert"].attended_positions(512) == 512
-    gpt, bert = tiny("gpt_headless_tiny", "--loss", "ce"), tiny("bert_headless_tiny", "--loss", "ce", "--mlm-project-masked-only")
+    gpt = tiny("gpt_headless_tiny", "--loss", "ce")
+    bert = tiny("bert_headless_tiny", "--loss", "ce", "--mlm-project-masked-only")
     assert FAMILIES["gpt"].projected_positions(gpt, 7) == gpt.tokens_per_iteration
     assert FAMILIES["bert"].projected_positions(bert, 7) == 7
 

@@ -27,7 +27,9 @@ class BertFamily:
     def build_stage(self, config: TrainConfig, transformer_config, **stage_arguments):
         from headless_megatron.models.bert import build_bert_stage
 
-        return build_bert_stage(transformer_config, project_masked_only=config.mlm_project_masked_only, **stage_arguments)
+        return build_bert_stage(
+            transformer_config, project_masked_only=config.mlm_project_masked_only, **stage_arguments
+        )
 
     def wrap_data(self, config: TrainConfig, tokenizer, windows):
         from headless_megatron.data.mlm_dataset import MaskedLMDataset
