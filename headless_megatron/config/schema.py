@@ -2,10 +2,19 @@
 names, grouped by concern, with the values derived from them.
 
 Each field's docstring (the string right below it) is also the ``--help`` text of its flag, and the
-``# ---- Section ----`` comments group the flags in ``--help`` (:func:`~headless_megatron.config.loader.field_docs`).
+``# ---- Section ----`` comments group the flags in ``--help``
+(:func:`~headless_megatron.config.loader.field_docs`).
 Each field is checked when a :class:`TrainConfig` is built (type, choices, range); the checks that
 involve several fields or the world size are :mod:`headless_megatron.config.validation`'s, run by
 :meth:`TrainConfig.validate`.
+
+Adding a key: a field in its section below, named as Megatron-LM names the argument (a
+``Literal`` for choices, ``X | None`` for an optional value), with its default and its docstring;
+its range, if any, in ``validation._RANGES``; its rules across fields in the ``_validate_*``
+function of its concern in :mod:`~headless_megatron.config.validation`, or in its model family's
+``validate`` when only one family reads it; its Megatron-Core counterpart, if any, in
+:func:`headless_megatron.config.megatron.transformer_config`. The flag, ``--help`` text and YAML key
+follow from the field.
 """
 
 from __future__ import annotations
