@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from headless_megatron import config as config_module
+from headless_megatron.config import loader, validation
 from headless_megatron.config import (
     ConfigError,
     TrainConfig,
@@ -210,8 +210,8 @@ def test_field_checks_at_construction(field, value, message):
 
 def test_check_tables_name_real_fields():
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert set(config_module._RANGES) <= fields
-    assert {field for field, _ in config_module._MEGATRON_LM_SPELLINGS.values()} <= fields
+    assert set(validation._RANGES) <= fields
+    assert {field for field, _ in loader._MEGATRON_LM_SPELLINGS.values()} <= fields
 
 
 def test_replace_checks_the_new_values():
@@ -404,3 +404,14 @@ def test_transformer_config_maps_parallelism_precision_and_gqa():
 def test_fp8_needs_transformer_engine():
     with expect_error("fp8_format: needs the transformer_engine backend"):
         tiny(fp8_format="hybrid").transformer_config("local", on_gpu=True)
+
+
+def test_transformer_engine_where_it_cannot_run_is_refused_at_validation():
+    from headless_megatron.models.specs import transformer_engine_available
+
+    if transformer_engine_available():
+        pytest.skip("Transformer Engine is usable on this machine")
+    with expect_error("transformer_impl: transformer_engine needs a GPU and an importable transformer_engine"):
+        tiny(transformer_impl="transformer_engine").validate(1)
+    with expect_error("fp8_format: needs Transformer Engine, which needs a GPU and an importable transformer_engine"):
+        tiny(fp8_format="hybrid", bf16=True).validate(1)

@@ -20,8 +20,9 @@ Modules:
 - ``importer``: Hugging Face model directory -> checkpoint at a chosen TP/PP layout;
 - ``atomic``: outputs written beside their place and renamed in on success.
 
-A new family is one more module implementing :class:`~mapping.Conversion`, registered in
-``export.EXPORTABLE`` (by the config's ``model``) and ``importer.IMPORTABLE`` (by HF ``model_type``).
+A new family's conversion is one more module implementing :class:`~mapping.Conversion`, returned by
+its model family's ``conversion()`` (:mod:`headless_megatron.models.family`); export finds it by the
+config's ``model``, import by the HF ``model_type`` (``importer.IMPORTABLE``).
 
 Every expected failure raises :class:`ConversionError` with a one-line message.
 """

@@ -54,15 +54,12 @@ from headless_megatron.config import TrainConfig
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.atomic import atomic_directory, check_apart, check_output
 from headless_megatron.convert.checkpoint_reader import MegatronCheckpoint, open_checkpoint
-from headless_megatron.convert.llama import LlamaConversion
 from headless_megatron.convert.mapping import Conversion, TensorMapping
-from headless_megatron.convert.megatron_bert import MegatronBertConversion
 from headless_megatron.data.errors import DataError
 from headless_megatron.data.tokenizer import Tokenizer
+from headless_megatron.models.family import FAMILIES, family_of
 
 MODES = ("add_head", "lm", "mlm")
-# model of the saved config -> the conversion that exports it.
-EXPORTABLE = {"gpt": LlamaConversion, "bert": MegatronBertConversion}
 WEIGHTS_PATTERN = "model{suffix}.safetensors"  # model.safetensors, or model-00001-of-00003.safetensors...
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 # transformers' own default (PreTrainedModel.save_pretrained's max_shard_size; 5GB before v5), so an
@@ -271,9 +268,11 @@ class ShardWriter:
 
 def conversion_for(config: TrainConfig, vocab_size: int) -> Conversion:
     """The conversion of a checkpoint's model family; raises for families without an HF export."""
-    if config.model not in EXPORTABLE:
-        raise ConversionError(f"model {config.model}: no Hugging Face export (exportable: {', '.join(EXPORTABLE)})")
-    return EXPORTABLE[config.model](config, vocab_size)
+    conversion = family_of(config).conversion()
+    if conversion is None:
+        exportable = [name for name, family in FAMILIES.items() if family.conversion() is not None]
+        raise ConversionError(f"model {config.model}: no Hugging Face export (exportable: {', '.join(exportable)})")
+    return conversion(config, vocab_size)
 
 
 def checkpoint_tokenizer(config: TrainConfig, override: str | os.PathLike | None = None) -> Tokenizer:
@@ -323,6 +322,7 @@ def _write_config(directory: Path, hf_config) -> None:
 def model_card(source: MegatronCheckpoint, conversion: Conversion, result: ExportResult) -> str:
     """The README of the exported model: what it is, how it was trained, how to load it."""
     config = source.config
+    family = family_of(config)
     samples = source.common.get("consumed_train_samples")
     trained = (
         f"{result.iteration} iterations, {samples:,} sequences of {config.seq_length} tokens"
@@ -335,22 +335,19 @@ def model_card(source: MegatronCheckpoint, conversion: Conversion, result: Expor
             f"`{config.cwt_negatives}`; no output layer is trained"
         )
     else:
-        objective = "cross-entropy over the vocabulary (vanilla " + (
-            "masked language modelling)" if config.model == "bert" else "language modelling)"
-        )
+        objective = f"cross-entropy over the vocabulary (vanilla {family.objective})"
     tags = ["headless-megatron", "megatron-core"] + (["contrastive-weight-tying"] if config.loss == "cwt" else [])
     front_matter = yaml.safe_dump(
         {"library_name": "transformers", "pipeline_tag": conversion.pipeline_tag(result.mode), "tags": tags},
         sort_keys=False,
     )
-    kind = {"gpt": "decoder", "bert": "encoder"}[config.model]
     training_config = yaml.safe_dump(config.to_dict(), sort_keys=False)
     return f"""---
 {front_matter}---
 
 # {result.output.name}
 
-A {config.num_layers}-layer {kind} ({result.parameters:,} parameters) trained with headless-megatron,
+A {config.num_layers}-layer {family.kind} ({result.parameters:,} parameters) trained with headless-megatron,
 a Megatron-Core trainer for headless language models, and exported to `{result.architecture}`
 (mode `{result.mode}`).
 

@@ -8,7 +8,7 @@ through its pipeline stage (1F1B p2p when PP > 1; interleaved 1F1B over the rank
 scaling over the global batch) -> ``optimizer.step()`` (clip, Adam, all-gather of updated shards) ->
 ``OptimizerParamScheduler.step`` -> metrics, validation, checkpoint.
 
-The loop knows models through :func:`build_model_stage` only.
+The loop knows models through their family (:mod:`headless_megatron.models.family`) only.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ from megatron.core.transformer.module import Float16Module
 from headless_megatron.config import TrainConfig
 from headless_megatron.cwt import CWTOptions
 from headless_megatron.data.gpt_dataset import build_gpt_datasets, micro_batches
-from headless_megatron.data.mlm_dataset import Masking, MaskedLMDataset
-from headless_megatron.models.bert import build_bert_stage
-from headless_megatron.models.gpt import build_gpt_stage
+from headless_megatron.models.family import ModelFamily, family_of
 from headless_megatron.models.specs import kernel_backend
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed, naming_lost_ranks
 from headless_megatron.training.checkpoint import (
@@ -99,7 +97,9 @@ def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int
     """This pipeline stage (or its model chunk ``vp_stage``) of the model ``config`` describes, with
     layout-independent initial weights."""
     cwt = CWTOptions(config.cwt_temperature, config.cwt_duplicates, config.cwt_negatives) if config.loss == "cwt" else None
-    common = dict(
+    return family_of(config).build_stage(
+        config,
+        transformer_config,
         vocab_size=padded_vocab,
         max_sequence_length=config.max_positions,
         seed=config.seed,
@@ -108,11 +108,6 @@ def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int
         share_embeddings_and_output_weights=config.share_embeddings_and_output_weights,
         cwt=cwt,
         vp_stage=vp_stage,
-    )
-    if config.model == "bert":
-        return build_bert_stage(transformer_config, project_masked_only=config.mlm_project_masked_only, **common)
-    return build_gpt_stage(
-        transformer_config, rotary_base=config.rotary_base, rotary_percent=config.rotary_percent, **common
     )
 
 
@@ -125,25 +120,12 @@ def _loss_func(loss_mask, count_candidates, output):
     return total, tokens.to(torch.int), {"lm loss": torch.stack([total.detach(), tokens])}
 
 
-def _forward_step(data_iterator, model, *, device, encoder: bool, candidates: CandidateCounter | None):
+def _forward_step(data_iterator, model, *, device, family: ModelFamily, candidates: CandidateCounter | None):
     """One micro-batch through this model chunk; the last one's output is the per-token loss ``[b, s]``."""
     batch = {key: value.to(device, non_blocking=True) for key, value in next(data_iterator).items()}
-    labels, loss_mask = batch["labels"], batch["loss_mask"]
-    if encoder:
-        output = model(batch["tokens"], batch["padding_mask"], lm_labels=labels, loss_mask=loss_mask)
-    else:
-        output = model(batch["tokens"], batch["position_ids"], None, labels=labels, loss_mask=loss_mask)
-    count = partial(candidates.add, labels, loss_mask) if candidates is not None else None
-    return output, partial(_loss_func, loss_mask, count)
-
-
-def masking_for(config: TrainConfig, tokenizer) -> Masking:
-    """The MLM corruption of ``config`` with ``tokenizer``'s mask and special ids (mock data: the last ids)."""
-    vocab = config.vocab_size or tokenizer.vocab_size
-    if tokenizer is None:
-        return Masking(config.masking, config.mask_prob, mask_id=vocab - 2, vocab_size=vocab, special_ids=(vocab - 1,))
-    specials = tuple(i for i in (tokenizer.eod, tokenizer.pad, tokenizer.mask, tokenizer.bos) if i is not None)
-    return Masking(config.masking, config.mask_prob, tokenizer.mask, vocab, specials)
+    output = family.forward(model, batch)
+    count = partial(candidates.add, batch["labels"], batch["loss_mask"]) if candidates is not None else None
+    return output, partial(_loss_func, batch["loss_mask"], count)
 
 
 class NumericalError(RuntimeError):
@@ -156,6 +138,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config = config
         self.device = device
+        self.family = family_of(config)
         self.world_size = dist.get_world_size()
         self.num_microbatches = config.num_microbatches(self.world_size)
         self.tokenizer = self._tokenizer()
@@ -213,18 +196,16 @@ class Trainer:
         self.train_data, self.valid_data, _ = build_gpt_datasets(
             config, self.tokenizer, (config.train_iters * batch, valid_samples, 0)
         )
-        if config.model == "bert":
-            masking = masking_for(config, self.tokenizer)
-            self.train_data, self.valid_data = (
-                MaskedLMDataset(windows, masking, config.seed) if windows is not None else None
-                for windows in (self.train_data, self.valid_data)
-            )
+        self.train_data, self.valid_data = (
+            self.family.wrap_data(config, self.tokenizer, windows) if windows is not None else None
+            for windows in (self.train_data, self.valid_data)
+        )
         self.candidates = None
         if config.loss == "cwt":  # K x U per micro-batch, for the FLOP count of the CWT matmul
             gathered = config.cwt_negatives == "data_parallel" and ps.get_data_parallel_world_size() > 1
             self.candidates = CandidateCounter(self.padded_vocab, ps.get_data_parallel_group() if gathered else None)
         self.forward_step = partial(
-            _forward_step, device=device, encoder=config.model == "bert", candidates=self.candidates
+            _forward_step, device=device, family=self.family, candidates=self.candidates
         )
         # Created last, so that a run refused while setting up leaves no empty save directory.
         self.logger = MetricsLogger(
@@ -390,8 +371,7 @@ class Trainer:
         totals = self._run_schedule(data, self.num_microbatches, forward_only=False)
         self.iteration += 1
         loss_sum, loss_tokens, candidate_products = totals.tolist()  # the iteration's one host sync
-        # mlm_project_masked_only: the head sees the loss (masked) positions alone
-        projected = loss_tokens if self.config.mlm_project_masked_only else self.config.tokens_per_iteration
+        projected = self.family.projected_positions(self.config, loss_tokens)
         flops = self.body_flops + head_flops(self.config, self.padded_vocab, projected, candidate_products)
         loss = loss_sum / loss_tokens if loss_tokens else float("nan")
         if not self._all_finite(totals):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from headless_megatron.models.family import family_of
+
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device-name fragment, for MFU.
 PEAK_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
@@ -36,13 +38,14 @@ def transformer_flops_per_token(config) -> float:
 
     ``config`` is a :class:`~headless_megatron.config.TrainConfig`. Megatron-LM's count: QKV (with
     grouped-query key/value widths), output projection, MLP (3 matmuls with SwiGLU), and the two
-    attention matmuls ``QK^T`` and ``PV``, of which a causal decoder computes half the square; an
-    encoder's bidirectional attention computes all of it. The head is :func:`head_flops`.
+    attention matmuls ``QK^T`` and ``PV`` over the positions each query attends to, which the model
+    family says (:meth:`~headless_megatron.models.family.ModelFamily.attended_positions`: half the
+    square for a causal decoder, all of it for an encoder). The head is :func:`head_flops`.
     """
     h, s = config.hidden_size, config.seq_length
     q = config.num_attention_heads * config.head_dim
     kv = config.query_groups * config.head_dim
-    attended = s / 2 if config.model == "gpt" else s
+    attended = family_of(config).attended_positions(s)
     attention = 2 * h * (q + 2 * kv) + 2 * 2 * q * attended + 2 * q * h
     mlp = 2 * h * config.ffn_size * (3 if config.swiglu else 2)
     return 3.0 * config.num_layers * (attention + mlp)

@@ -1,0 +1,494 @@
+"""The training configuration's schema: one typed dataclass whose fields are Megatron-LM's argument
+names, grouped by concern, with the values derived from them.
+
+Each field's docstring (the string right below it) is also the ``--help`` text of its flag, and the
+``# ---- Section ----`` comments group the flags in ``--help``
+(:func:`~headless_megatron.config.loader.field_docs`).
+Each field is checked when a :class:`TrainConfig` is built (type, choices, range); the checks that
+involve several fields or the world size are :mod:`headless_megatron.config.validation`'s, run by
+:meth:`TrainConfig.validate`.
+
+Adding a key: a field in its section below, named as Megatron-LM names the argument (a
+``Literal`` for choices, ``X | None`` for an optional value), with its default and its docstring;
+its range, if any, in ``validation._RANGES``; its rules across fields in the ``_validate_*``
+function of its concern in :mod:`~headless_megatron.config.validation`, or in its model family's
+``validate`` when only one family reads it; its Megatron-Core counterpart, if any, in
+:func:`headless_megatron.config.megatron.transformer_config`. The flag, ``--help`` text and YAML key
+follow from the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import yaml
+
+from headless_megatron.errors import UserError
+
+if typing.TYPE_CHECKING:
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+class ConfigError(UserError):
+    """A configuration mistake, in one line that starts with the key (or file) at fault."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig:
+    """Everything a training run needs, flat, with Megatron-LM's argument names.
+
+    Fields without a default are required. Change fields with ``dataclasses.replace`` so the new
+    values are checked too.
+    """
+
+    # ---- Model architecture ----
+    model: Literal["gpt", "bert"] = "gpt"
+    """Network: gpt (causal decoder, predicts the next token) or bert (bidirectional encoder,
+    predicts masked tokens)."""
+    num_layers: int
+    """Number of transformer layers."""
+    hidden_size: int
+    """Width of the residual stream, which is also the width of the embeddings CWT contrasts
+    against."""
+    ffn_hidden_size: int | None = None
+    """Inner width of the MLP. None: 4 x hidden_size, or with swiglu Megatron-LM's
+    int(4 x hidden_size x 2/3 / 64) x 64, which keeps the parameter count of the three SwiGLU
+    matrices close to that of the two GELU ones."""
+    num_attention_heads: int
+    """Number of query heads."""
+    num_query_groups: int | None = None
+    """Key/value heads for grouped-query attention. None: one per query head (multi-head
+    attention). Unlike Megatron-LM, no --group-query-attention switch is needed."""
+    kv_channels: int | None = None
+    """Width of each attention head. None: hidden_size / num_attention_heads."""
+    seq_length: int
+    """Tokens per training sequence."""
+    max_position_embeddings: int | None = None
+    """Rows of the learned position table (position_embedding_type learned_absolute).
+    None: seq_length."""
+    normalization: Literal["RMSNorm", "LayerNorm"] = "RMSNorm"
+    """Normalization layer: RMSNorm (Llama) or LayerNorm (GPT-2, Pythia, BERT)."""
+    norm_epsilon: float = 1e-5
+    """Epsilon of the normalization layers."""
+    swiglu: bool = True
+    """SwiGLU MLP (gated, SiLU) as in Llama; false: a GELU MLP as in GPT-2, Pythia and BERT."""
+    position_embedding_type: Literal["rope", "learned_absolute"] = "rope"
+    """Positions: rope (rotary, Llama and Pythia) or learned_absolute (a learned table, GPT-2 and
+    BERT)."""
+    rotary_base: int = 10000
+    """Base of the rotary frequencies."""
+    rotary_percent: float = 1.0
+    """Fraction of each head's channels that get rotary positions (Pythia: 0.25)."""
+    add_bias_linear: bool = False
+    """Biases in the attention and MLP linear layers (GPT-2, Pythia and BERT have them, Llama does
+    not). Megatron-LM spells false --disable-bias-linear."""
+    untie_embeddings_and_output_weights: bool = False
+    """Give loss ce its own output layer instead of reusing the input embeddings (Pythia unties,
+    GPT-2 and BERT tie). loss cwt has no output layer, so this must stay false with it."""
+    hidden_dropout: float = 0.0
+    """Dropout on the residual stream. Megatron-LM's default is 0.1; 0 here because Pythia and
+    Llama-style pretraining use none (the BERT recipes set 0.1, as bert-base does)."""
+    attention_dropout: float = 0.0
+    """Dropout on the attention probabilities (0 here for the same reason as hidden_dropout)."""
+    init_method_std: float = 0.02
+    """Standard deviation of the normal initial weights (output projections use
+    std / sqrt(2 x num_layers), as in Megatron)."""
+    make_vocab_size_divisible_by: int = 128
+    """Pad the vocabulary up to a multiple of this. Unlike Megatron-LM the padding is not
+    multiplied by tensor_model_parallel_size, so checkpoints reshard across TP sizes; it must
+    therefore be divisible by tensor_model_parallel_size."""
+    vocab_size: int | None = None
+    """Vocabulary size before padding. None: the tokenizer's. Needed with mock_data when no
+    tokenizer is given."""
+    tokenizer: str | None = None
+    """Tokenizer (Hugging Face name or path). None: the copy that preprocessing saved with the
+    dataset, which is the one to use with a real dataset."""
+    transformer_impl: Literal["auto", "transformer_engine", "local"] = "auto"
+    """Layer kernels: transformer_engine (fused attention, FP8; needs a GPU), local (Megatron-Core's
+    own modules, runs on CPU) or auto (transformer_engine when it is usable)."""
+
+    # ---- Loss ----
+    loss: Literal["cwt", "ce"] = "cwt"
+    """Training objective: cwt (headless, Contrastive Weight Tying: each output state picks its
+    target's input embedding among the batch's targets, no vocabulary projection) or ce (vanilla
+    softmax cross-entropy over the vocabulary)."""
+    cwt_temperature: float = 1.0
+    """Temperature dividing the CWT scores (the paper uses 1 throughout)."""
+    cwt_duplicates: Literal["count", "unique"] = "count"
+    """Targets that occur several times in the contrast set: count (as in the paper's code, every
+    occurrence is a separate negative) or unique (each token id is one candidate)."""
+    cwt_negatives: Literal["micro_batch", "data_parallel"] = "micro_batch"
+    """Contrast set: micro_batch (the targets of this rank's micro-batch, as in the paper) or
+    data_parallel (the targets of the same micro-batch step on every data-parallel rank)."""
+
+    # ---- Masked language modelling (model bert) ----
+    masking: Literal["bert", "paper"] = "bert"
+    """bert: each position is chosen with probability mask_prob and becomes the mask token 80%,
+    a random token 10%, itself 10% of the time. paper: the headless-lm code (from
+    electra-pytorch): exactly ceil(mask_prob x length) positions per sequence, 80% of them masked,
+    after 10% of all positions were replaced by random tokens."""
+    mask_prob: float = 0.15
+    """Fraction of the positions that are predicted."""
+    mlm_project_masked_only: bool = False
+    """loss ce with model bert: apply the vocabulary projection to the masked positions only
+    (fewer FLOPs, same loss) instead of to every position as Megatron's BertModel does."""
+
+    # ---- Parallelism ----
+    tensor_model_parallel_size: int = 1
+    """Tensor-parallel size (TP): ranks that split each layer's matrices."""
+    pipeline_model_parallel_size: int = 1
+    """Pipeline-parallel size (PP): ranks that split the layers into stages."""
+    virtual_pipeline_model_parallel_size: int | None = None
+    """Layer chunks per pipeline rank for the interleaved 1F1B schedule (smaller pipeline bubble).
+    None: one chunk."""
+    sequence_parallel: bool = False
+    """Split the activations outside attention and MLP along the sequence over the TP ranks (saves
+    memory). Needs tensor_model_parallel_size > 1; unlike Megatron-LM, which drops it silently,
+    asking for it without TP is an error."""
+    use_distributed_optimizer: bool = True
+    """Shard the optimizer state and fp32 master weights over the data-parallel ranks (ZeRO-1)."""
+    overlap_grad_reduce: bool = False
+    """Overlap the data-parallel gradient reduction with the backward pass."""
+    overlap_param_gather: bool = False
+    """Overlap the distributed optimizer's parameter all-gather with the next forward pass
+    (needs use_distributed_optimizer and overlap_grad_reduce; not with pipeline parallelism and
+    tied embeddings, see docs/architecture.md)."""
+    distributed_timeout_minutes: float = 10
+    """How long a rank waits in a collective (and for the others at start-up) before it gives up
+    with an error: the bound on how long a job hangs when a node dies or a rank stops responding.
+    Fractions are allowed (tests use a few seconds); must cover the slowest checkpoint save or
+    dataset index build, during which the other ranks wait."""
+
+    # ---- Training ----
+    micro_batch_size: int
+    """Sequences per rank per forward/backward pass. With loss cwt it also sets the number of
+    negatives (micro_batch_size x seq_length targets), so CWT loss values are comparable only at
+    equal micro_batch_size."""
+    global_batch_size: int
+    """Sequences per optimizer step over all data-parallel ranks; the gradient is accumulated over
+    global_batch_size / (micro_batch_size x data-parallel size) micro-batches."""
+    train_iters: int
+    """Optimizer steps to train for."""
+    seed: int = 1234
+    """Seed of the initial weights, data order, dropout and masking. The initial weights depend on
+    it alone, not on the parallel layout."""
+    bf16: bool = False
+    """bfloat16 weights and activations with fp32 master weights and gradient reduction."""
+    fp16: bool = False
+    """float16 weights and activations with dynamic loss scaling (prefer bf16 where supported)."""
+    initial_loss_scale: float = 2.0**32
+    """Starting loss scale of fp16's dynamic loss scaler."""
+    fp8_format: Literal["e4m3", "hybrid"] | None = None
+    """FP8 matrix multiplications through Transformer Engine: e4m3, or hybrid (e4m3 forward, e5m2
+    gradients). None: no FP8."""
+    fp8_recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = "delayed"
+    """FP8 scaling recipe (mxfp8 needs Blackwell GPUs)."""
+    fp8_amax_history_len: int = 1
+    """Steps of amax history kept by the delayed-scaling recipe."""
+    fp8_amax_compute_algo: Literal["most_recent", "max"] = "most_recent"
+    """How the delayed-scaling recipe picks the amax from its history."""
+    recompute_granularity: Literal["full", "selective"] | None = None
+    """Activation recomputation: selective (attention internals only, cheap) or full (whole
+    layers, see recompute_method). None: keep all activations."""
+    recompute_method: Literal["uniform", "block"] | None = None
+    """With full recomputation: uniform (checkpoint groups of recompute_num_layers layers) or block
+    (recompute the first recompute_num_layers layers of each pipeline stage)."""
+    recompute_num_layers: int | None = None
+    """Layers per group (uniform) or per stage (block) for full recomputation."""
+
+    # ---- Optimizer and learning-rate schedule ----
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """adam (Megatron's Adam with decoupled weight decay, i.e. AdamW) or sgd."""
+    lr: float
+    """Peak learning rate, reached at the end of the warmup."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the decay."""
+    lr_decay_style: Literal["constant", "linear", "cosine", "inverse-square-root"] = "linear"
+    """Decay after the warmup, from lr to min_lr over lr_decay_iters."""
+    lr_warmup_iters: int = 0
+    """Iterations of linear warmup from 0 to lr."""
+    lr_decay_iters: int | None = None
+    """Iterations over which the learning rate decays (may exceed train_iters, to stop part-way).
+    None: train_iters."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay (not applied to biases and norm weights)."""
+    adam_beta1: float = 0.9
+    """Adam's first-moment decay."""
+    adam_beta2: float = 0.999
+    """Adam's second-moment decay (the paper's decoders use 0.95)."""
+    adam_eps: float = 1e-8
+    """Adam's epsilon."""
+    sgd_momentum: float = 0.9
+    """Momentum of optimizer sgd."""
+    clip_grad: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+
+    # ---- Data ----
+    data_path: list[str] | None = None
+    """Dataset prefixes (files PREFIX.bin and PREFIX.idx), as in Megatron-LM: PREFIX [PREFIX ...]
+    for one dataset or an even mix, or WEIGHT PREFIX [WEIGHT PREFIX ...] for a weighted blend. In
+    YAML a list or one string of space-separated items. Required unless mock_data."""
+    split: str = "969,30,1"
+    """Train, validation and test shares of every dataset, comma-separated (normalised to sum to
+    1; missing shares are 0)."""
+    mock_data: bool = False
+    """Synthetic random tokens instead of data_path (which is then ignored), for smoke tests and
+    benchmarks. Needs vocab_size or tokenizer."""
+    data_cache_path: str | None = None
+    """Where Megatron caches the dataset sample indices. None: next to each dataset."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank."""
+    eod_mask_loss: bool = False
+    """Leave out of the loss the positions whose input is the end-of-document token (which would
+    predict the first token of an unrelated document)."""
+
+    # ---- Checkpointing ----
+    save: str | None = None
+    """Directory to save checkpoints to (one iter_NNNNNNN folder per save). None: no checkpoints."""
+    load: str | None = None
+    """Directory to resume from: its latest checkpoint, with optimizer, scheduler, RNG and
+    iteration. Equal to save, a missing or empty directory starts a fresh run (with a line saying
+    so), so preemptible jobs resume from their own saves; any other directory without a checkpoint
+    is an error. Without a latest_checkpointed_iteration.txt, the newest complete iter_NNNNNNN is
+    loaded."""
+    load_fallback: bool = False
+    """When the latest checkpoint under load is incomplete (a truncated or missing shard), resume
+    from the newest complete earlier one instead of stopping with an error."""
+    save_interval: int | None = None
+    """Save every this many iterations (and at the end of training, and on exit). None: only at
+    the end and on exit."""
+    ckpt_format: Literal["torch_dist"] = "torch_dist"
+    """Checkpoint format. Only torch_dist (Megatron-Core distributed checkpoints, which reshard
+    across TP and PP sizes) is supported."""
+    no_load_optim: bool = False
+    """When loading, skip the optimizer and scheduler state."""
+    no_load_rng: bool = False
+    """When loading, skip the RNG state."""
+    finetune: bool = False
+    """Load only the weights from load and start at iteration 0 with a fresh optimizer and
+    schedule (Megatron-LM's --finetune)."""
+    pretrained: str | None = None
+    """Checkpoint directory whose weights start a fine-tuning run (iteration 0, fresh optimizer).
+    Used only while load holds no checkpoint, so an interrupted fine-tuning run resumes from its
+    own checkpoints. A headless (CWT) model gets its new output layer initialised from its input
+    embeddings, as in the paper."""
+    freeze_body: bool = False
+    """Train only the output layer and keep the rest frozen (a linear probe; the headless-lm code's
+    --mode probe). Needs pretrained, loss ce and untie_embeddings_and_output_weights."""
+    exit_duration_in_mins: float | None = None
+    """Save and stop after this many minutes of training (e.g. the SLURM time limit minus a
+    margin). None: no limit."""
+    exit_interval: int | None = None
+    """Save and stop once the iteration number is a multiple of this (Megatron-LM's
+    --exit-interval); resuming continues the same schedule. None: run to train_iters."""
+    exit_signal_handler: bool = True
+    """On SIGTERM (SLURM preemption, scancel) finish the current iteration, save and exit.
+    Megatron-LM's default is false."""
+    max_skipped_iters: int = 10
+    """Stop with an error after this many consecutive iterations whose gradients were NaN or
+    infinite (the optimizer skips such steps)."""
+
+    # ---- Logging and evaluation ----
+    log_interval: int = 10
+    """Print and record the training metrics every this many iterations."""
+    eval_interval: int = 1000
+    """Evaluate on the validation split every this many iterations (and at the end)."""
+    eval_iters: int = 10
+    """Validation batches (of global_batch_size sequences) per evaluation; 0 disables
+    evaluation."""
+    log_dir: str | None = None
+    """Directory for the metrics log. None: the save directory (no metrics file when both are
+    unset)."""
+    wandb_project: str | None = None
+    """Weights & Biases project to log to. None: no W&B logging."""
+    wandb_exp_name: str | None = None
+    """Weights & Biases run name. None: W&B picks one."""
+    wandb_mode: Literal["online", "offline", "disabled"] = "online"
+    """Weights & Biases mode, used only when wandb_project is set."""
+
+    def __post_init__(self) -> None:
+        from headless_megatron.config.validation import checked_value
+
+        for name in field_types():
+            setattr(self, name, checked_value(name, getattr(self, name)))
+
+    # ---- Construction ----
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config from a mapping of field names (such as :meth:`to_dict`'s), checked field by
+        field; raises :class:`ConfigError` on an unknown key, a bad value or a missing required
+        key."""
+        from headless_megatron.config.loader import build, checked_mapping
+
+        return build(checked_mapping(values, "key"))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """A config from a YAML file; errors start with the file's path."""
+        from headless_megatron.config.loader import build, read_yaml
+
+        values = read_yaml(path)
+        try:
+            return build(values)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as plain YAML/JSON-serialisable values, in declaration order (for
+        checkpoints and metrics; :meth:`from_dict` reads it back)."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        """Write every field to a YAML file that :meth:`from_yaml` reads back."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    # ---- Derived values ----
+
+    @property
+    def ffn_size(self) -> int:
+        """The MLP's inner width, with ffn_hidden_size's default resolved."""
+        if self.ffn_hidden_size is not None:
+            return self.ffn_hidden_size
+        if self.swiglu:
+            return int((4 * self.hidden_size * 2 / 3) / 64) * 64
+        return 4 * self.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        """Width of each attention head, with kv_channels' default resolved."""
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @property
+    def query_groups(self) -> int:
+        """Key/value heads, with num_query_groups' default resolved."""
+        return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def max_positions(self) -> int:
+        """Rows of the position table, with max_position_embeddings' default resolved."""
+        return self.max_position_embeddings or self.seq_length
+
+    @property
+    def decay_iters(self) -> int:
+        """Iterations of learning-rate decay, with lr_decay_iters' default resolved."""
+        return self.lr_decay_iters or self.train_iters
+
+    @property
+    def tokens_per_iteration(self) -> int:
+        """Tokens per optimizer step over all ranks."""
+        return self.global_batch_size * self.seq_length
+
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        """The argument of that name of Megatron's GPTModel and BertModel."""
+        return not self.untie_embeddings_and_output_weights
+
+    @property
+    def metrics_dir(self) -> str | None:
+        """Where the metrics log goes: log_dir, else save, else nowhere (None)."""
+        return self.log_dir or self.save
+
+    @property
+    def wandb_enabled(self) -> bool:
+        """Whether to log to Weights & Biases."""
+        return self.wandb_project is not None and self.wandb_mode != "disabled"
+
+    def data_blend(self) -> tuple[list[str], list[float] | None] | None:
+        """data_path as Megatron's dataset blend: (prefixes, weights or None); None without
+        data_path."""
+        from headless_megatron.config.validation import parse_blend
+
+        return None if self.data_path is None else parse_blend(self.data_path)
+
+    def padded_vocab_size(self, vocab_size: int) -> int:
+        """vocab_size rounded up to a multiple of make_vocab_size_divisible_by (50277 -> 50304
+        at 128). Independent of the TP size, so checkpoints reshard across TP sizes."""
+        if vocab_size < 1:
+            fail("vocab_size", f"expected a positive integer, got {vocab_size}")
+        multiple = self.make_vocab_size_divisible_by
+        return -(-vocab_size // multiple) * multiple
+
+    def data_parallel_size(self, world_size: int) -> int:
+        """Data-parallel ranks in a launch of world_size ranks."""
+        tp, pp = self.tensor_model_parallel_size, self.pipeline_model_parallel_size
+        if world_size < 1 or world_size % (tp * pp):
+            fail(
+                "tensor_model_parallel_size", f"the world size {world_size} is not divisible by "
+                f"tensor x pipeline model-parallel size = {tp} x {pp} = {tp * pp}; launch a "
+                f"multiple of {tp * pp} ranks or change the parallel sizes"
+            )
+        return world_size // (tp * pp)
+
+    def num_microbatches(self, world_size: int) -> int:
+        """Micro-batches each rank accumulates per optimizer step."""
+        dp = self.data_parallel_size(world_size)
+        per_pass = self.micro_batch_size * dp
+        if self.global_batch_size % per_pass:
+            fail(
+                "global_batch_size", f"{self.global_batch_size} is not divisible by "
+                f"micro_batch_size x data-parallel size = {self.micro_batch_size} x {dp} = "
+                f"{per_pass}; use a multiple of {per_pass} or change micro_batch_size"
+            )
+        return self.global_batch_size // per_pass
+
+    # ---- Checks and Megatron-Core ----
+
+    def validate(self, world_size: int) -> None:
+        """Check what involves several fields or the world size (the model family's own keys
+        included), before any rank or model exists; raises :class:`ConfigError`."""
+        from headless_megatron.config.validation import validate
+
+        validate(self, world_size)
+
+    def transformer_config(self, backend: str, *, on_gpu: bool | None = None) -> TransformerConfig:
+        """Megatron-Core's ``TransformerConfig`` for this run
+        (:func:`headless_megatron.config.megatron.transformer_config`)."""
+        from headless_megatron.config.megatron import transformer_config
+
+        return transformer_config(self, backend, on_gpu=on_gpu)
+
+
+def fail(key: str, problem: str) -> typing.NoReturn:
+    """Raise the one-line :class:`ConfigError` ``key: problem``."""
+    raise ConfigError(f"{key}: {problem}")
+
+
+# ---- Field types ----
+
+
+class FieldType(NamedTuple):
+    """What a field holds, read from its annotation."""
+
+    kind: type  # bool, int, float, str or list (of str)
+    optional: bool
+    choices: tuple[str, ...] | None
+
+
+@functools.cache
+def field_types() -> dict[str, FieldType]:
+    """Each field's :class:`FieldType`, in declaration order."""
+    types_by_name = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        if optional:
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        if typing.get_origin(hint) is Literal:
+            types_by_name[name] = FieldType(str, optional, typing.get_args(hint))
+        else:
+            types_by_name[name] = FieldType(typing.get_origin(hint) or hint, optional, None)
+    return types_by_name
+
+
+def required_fields() -> list[str]:
+    """The fields without a default, which every config must set."""
+    return [
+        f.name for f in dataclasses.fields(TrainConfig)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+

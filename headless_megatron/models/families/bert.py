@@ -1,0 +1,63 @@
+"""The BERT family (``model: bert``): a bidirectional encoder trained on masked positions, headless
+(CWT on the masked positions) or with its MLM head; exported to and imported from
+``MegatronBertForMaskedLM``. Its keys are the ``masking``, ``mask_prob`` and ``mlm_*`` fields.
+
+Megatron-Core and torch are imported when a model is built or run, not when the family is looked up,
+so that validating a config stays cheap.
+"""
+
+from __future__ import annotations
+
+from headless_megatron.config.schema import TrainConfig, fail
+
+
+class BertFamily:
+    """:class:`~headless_megatron.models.family.ModelFamily` of :mod:`headless_megatron.models.bert`."""
+
+    name = "bert"
+    kind = "encoder"
+    objective = "masked language modelling"
+
+    def validate(self, config: TrainConfig) -> None:
+        if config.mlm_project_masked_only and config.loss != "ce":
+            fail("mlm_project_masked_only", "applies to model bert with loss ce only")
+        if config.mlm_project_masked_only and config.sequence_parallel:
+            fail("mlm_project_masked_only", "not supported with sequence_parallel; drop one of them")
+
+    def build_stage(self, config: TrainConfig, transformer_config, **stage_arguments):
+        from headless_megatron.models.bert import build_bert_stage
+
+        return build_bert_stage(
+            transformer_config, project_masked_only=config.mlm_project_masked_only, **stage_arguments
+        )
+
+    def wrap_data(self, config: TrainConfig, tokenizer, windows):
+        from headless_megatron.data.mlm_dataset import MaskedLMDataset
+
+        return MaskedLMDataset(windows, masking_for(config, tokenizer), config.seed)
+
+    def forward(self, model, batch):
+        return model(batch["tokens"], batch["padding_mask"], lm_labels=batch["labels"], loss_mask=batch["loss_mask"])
+
+    def attended_positions(self, seq_length: int) -> float:
+        return seq_length
+
+    def projected_positions(self, config: TrainConfig, loss_positions: int) -> int:
+        # mlm_project_masked_only: the head sees the loss (masked) positions alone
+        return loss_positions if config.mlm_project_masked_only else config.tokens_per_iteration
+
+    def conversion(self):
+        from headless_megatron.convert.megatron_bert import MegatronBertConversion
+
+        return MegatronBertConversion
+
+
+def masking_for(config: TrainConfig, tokenizer):
+    """The MLM corruption of ``config`` with ``tokenizer``'s mask and special ids (mock data: the last ids)."""
+    from headless_megatron.data.mlm_dataset import Masking
+
+    vocab = config.vocab_size or tokenizer.vocab_size
+    if tokenizer is None:
+        return Masking(config.masking, config.mask_prob, mask_id=vocab - 2, vocab_size=vocab, special_ids=(vocab - 1,))
+    specials = tuple(i for i in (tokenizer.eod, tokenizer.pad, tokenizer.mask, tokenizer.bos) if i is not None)
+    return Masking(config.masking, config.mask_prob, tokenizer.mask, vocab, specials)
