@@ -37,7 +37,9 @@ SUBCOMMANDS = {
         "headless_megatron.commands.check",
         "train a tiny GPT for a few steps on this launch's parallel layout (install/NCCL/gloo smoke test)",
     ),
-    "pretrain": ("headless_megatron.commands.pretrain", "pretrain a headless (CWT) or vanilla GPT/BERT from a YAML config"),
+    "pretrain": (
+        "headless_megatron.commands.pretrain", "pretrain a headless (CWT) or vanilla GPT/BERT from a YAML config"
+    ),
     "finetune": (
         "headless_megatron.commands.finetune",
         "train on from a pretrained checkpoint (a headless GPT gets an LM head initialised from its embeddings)",
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(VERBOSE_FLAG, action="store_true",
                         help="also show the third-party warnings hidden by default (before the command)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    for name, (_module, help_text) in SUBCOMMANDS.items():
         commands.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from headless_megatron.config import loader, validation
 from headless_megatron.config import (
     ConfigError,
     TrainConfig,
     add_config_arguments,
     config_from_args,
     field_docs,
+    loader,
     parse_config,
+    validation,
 )
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -407,7 +408,7 @@ def test_fp8_needs_transformer_engine():
 
 
 def test_transformer_engine_where_it_cannot_run_is_refused_at_validation():
-    from headless_megatron.models.specs import transformer_engine_available
+    from headless_megatron.config.megatron import transformer_engine_available
 
     if transformer_engine_available():
         pytest.skip("Transformer Engine is usable on this machine")

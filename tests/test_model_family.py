@@ -16,7 +16,7 @@ from headless_megatron.training.metrics import transformer_flops_per_token
 ROOT = Path(__file__).parent.parent
 RECIPES = sorted(str(path) for path in (ROOT / "configs").glob("*.yaml"))
 INTERFACE = ("name", "kind", "objective", "validate", "build_stage", "wrap_data", "forward",
-             "attended_positions", "projected_positions", "conversion")
+             "attended_positions", "projected_positions", "hf_model_type")
 
 
 def tiny(recipe: str, *flags: str):
@@ -110,7 +110,7 @@ def test_attention_and_head_terms_per_family():
 def test_gpt_feeds_the_windows_and_bert_masks_them_as_its_keys_say():
     import torch
 
-    from headless_megatron.data.mlm_dataset import Masking, MaskedLMDataset
+    from headless_megatron.data.mlm_dataset import MaskedLMDataset, Masking
 
     windows = [{"tokens": torch.arange(64) % 500} for _ in range(3)]
     gpt = tiny("gpt_headless_tiny")
@@ -124,13 +124,14 @@ def test_gpt_feeds_the_windows_and_bert_masks_them_as_its_keys_say():
 
 
 def test_each_family_names_its_hugging_face_conversion():
+    from headless_megatron.convert.conversions import CONVERSIONS
     from headless_megatron.convert.export import conversion_for
     from headless_megatron.convert.importer import IMPORTABLE
     from headless_megatron.convert.llama import LlamaConversion
     from headless_megatron.convert.megatron_bert import MegatronBertConversion
 
-    assert FAMILIES["gpt"].conversion() is LlamaConversion
-    assert FAMILIES["bert"].conversion() is MegatronBertConversion
+    assert CONVERSIONS[FAMILIES["gpt"].hf_model_type] is LlamaConversion
+    assert CONVERSIONS[FAMILIES["bert"].hf_model_type] is MegatronBertConversion
     assert IMPORTABLE == {"llama": LlamaConversion, "megatron-bert": MegatronBertConversion}
     assert isinstance(conversion_for(tiny("bert_headless_tiny"), 512), MegatronBertConversion)
     assert (FAMILIES["gpt"].kind, FAMILIES["bert"].kind) == ("decoder", "encoder")

@@ -75,7 +75,8 @@ def run(args) -> int:
         try:
             url = push_to_hub(result.output, args.push_to_hub, private=args.private)
         except Exception as error:  # noqa: BLE001 - network and authentication errors of huggingface_hub
-            print(f"headless-megatron export-hf: error: uploading to {args.push_to_hub} failed: {first_line(error)}", file=sys.stderr)
+            print(f"headless-megatron export-hf: error: uploading to {args.push_to_hub} failed: {first_line(error)}",
+                  file=sys.stderr)
             return EXIT_UPLOAD_FAILED
         print(f"export-hf: uploaded to {url}")
     return 0

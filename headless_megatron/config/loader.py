@@ -41,7 +41,6 @@ import yaml
 from headless_megatron.config.schema import ConfigError, TrainConfig, fail, field_types, required_fields
 from headless_megatron.config.validation import checked_value, closest
 
-
 # Megatron-LM arguments that are spelled differently here: key -> (field, value to give it or None).
 _MEGATRON_LM_SPELLINGS = {
     "disable_bias_linear": ("add_bias_linear", False),

@@ -6,11 +6,26 @@ from __future__ import annotations
 
 import importlib.util
 import typing
+from functools import lru_cache
 
 from headless_megatron.config.schema import TrainConfig, fail
 
 if typing.TYPE_CHECKING:
     from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+@lru_cache(maxsize=None)
+def transformer_engine_available() -> bool:
+    """TE is used only when its torch extension imports and a GPU is present."""
+    import torch
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken TE install means: use the local spec
+        return False
+    return True
 
 
 def transformer_config(config: TrainConfig, backend: str, *, on_gpu: bool | None = None) -> TransformerConfig:

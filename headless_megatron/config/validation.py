@@ -192,7 +192,7 @@ def _validate_kernels(config: TrainConfig) -> None:
     )
     if not needs_te:
         return
-    from headless_megatron.models.specs import transformer_engine_available
+    from headless_megatron.config.megatron import transformer_engine_available
 
     if transformer_engine_available():
         return

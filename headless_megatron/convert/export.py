@@ -54,6 +54,7 @@ from headless_megatron.config import TrainConfig
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.atomic import atomic_directory, check_apart, check_output
 from headless_megatron.convert.checkpoint_reader import MegatronCheckpoint, open_checkpoint
+from headless_megatron.convert.conversions import CONVERSIONS
 from headless_megatron.convert.mapping import Conversion, TensorMapping
 from headless_megatron.data.errors import DataError
 from headless_megatron.data.tokenizer import Tokenizer
@@ -268,9 +269,9 @@ class ShardWriter:
 
 def conversion_for(config: TrainConfig, vocab_size: int) -> Conversion:
     """The conversion of a checkpoint's model family; raises for families without an HF export."""
-    conversion = family_of(config).conversion()
+    conversion = CONVERSIONS.get(family_of(config).hf_model_type)
     if conversion is None:
-        exportable = [name for name, family in FAMILIES.items() if family.conversion() is not None]
+        exportable = [name for name, family in FAMILIES.items() if family.hf_model_type in CONVERSIONS]
         raise ConversionError(f"model {config.model}: no Hugging Face export (exportable: {', '.join(exportable)})")
     return conversion(config, vocab_size)
 

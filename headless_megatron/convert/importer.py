@@ -41,17 +41,14 @@ import torch
 from headless_megatron.config import ConfigError, TrainConfig
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.atomic import atomic_directory, check_apart, check_output
+from headless_megatron.convert.conversions import CONVERSIONS
 from headless_megatron.convert.mapping import Conversion, RegionReader, TensorMapping, megatron_region
 from headless_megatron.data.errors import DataError
 from headless_megatron.errors import first_line
-from headless_megatron.models.family import FAMILIES
 from headless_megatron.training.checkpoint import iteration_dir
 
-# model_type of the HF config -> the conversion that imports it (the model families' own).
-IMPORTABLE = {
-    conversion.hf_model_type: conversion
-    for conversion in (family.conversion() for family in FAMILIES.values()) if conversion is not None
-}
+# model_type of the HF config -> the conversion that imports it.
+IMPORTABLE = CONVERSIONS
 TOKENIZER_DIRECTORY = "tokenizer"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

@@ -24,8 +24,8 @@ from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from headless_megatron.cwt import CWTOptions, cwt_loss
-from headless_megatron.models.init import initialize_layout_independent
 from headless_megatron.models.attention import SDPAttention
+from headless_megatron.models.init import initialize_layout_independent
 from headless_megatron.models.specs import TorchNorm, local_layer_spec
 
 

@@ -2,8 +2,9 @@
 
 The rest of the project knows models through this interface only: the training loop (and with it
 ``finetune`` and ``bench train``) builds stages, wraps data and runs forward steps through it, the
-FLOP count asks it how much attention and head it computes, ``export-hf``/``import-hf`` ask it for
-its Hugging Face conversion, and the config validation runs its ``validate``. No module outside a
+FLOP count asks it how much attention and head it computes, ``export-hf``/``import-hf`` convert it
+to and from the Hugging Face ``model_type`` it names, and the config validation runs its
+``validate``. No module outside a
 family's own branches on ``config.model``.
 
 Adding a family:
@@ -13,8 +14,9 @@ Adding a family:
 2. its ``name`` added to :data:`FAMILIES` below and to the choices of ``TrainConfig.model``
    (``config/schema.py``);
 3. its keys (a ``# ---- Section ----`` of ``TrainConfig``) checked in its ``validate``;
-4. a :class:`~headless_megatron.convert.mapping.Conversion` in ``convert/`` returned by its
-   ``conversion`` (or None: no Hugging Face export or import);
+4. its ``hf_model_type`` (or None: no Hugging Face export or import) and a
+   :class:`~headless_megatron.convert.mapping.Conversion` for that ``model_type`` in ``convert/``,
+   listed in ``convert/conversions.py`` (the conversions depend on the families, not the reverse);
 5. a recipe in ``configs/`` and tests: ``tests/test_model_family.py`` (registry, validation, FLOPs),
    a layout test in ``tests/test_megatron_layouts.py``, a conversion round trip.
 """
@@ -33,7 +35,6 @@ if typing.TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from headless_megatron.config import TrainConfig
-    from headless_megatron.convert.mapping import Conversion
 
 
 class ModelFamily(Protocol):
@@ -45,6 +46,9 @@ class ModelFamily(Protocol):
     """What a model card calls it: "decoder" or "encoder"."""
     objective: str
     """Its vanilla objective, as a model card names it ("language modelling")."""
+    hf_model_type: str | None
+    """The Hugging Face ``model_type`` its checkpoints are exported to and imported from (the
+    conversion lives in ``convert/``), or None when it has none."""
 
     def validate(self, config: TrainConfig) -> None:
         """Raise a one-line :class:`~headless_megatron.config.ConfigError` for a key of ``config``
@@ -71,9 +75,6 @@ class ModelFamily(Protocol):
     def projected_positions(self, config: TrainConfig, loss_positions: int) -> int:
         """Positions of an iteration that ``loss: ce`` projects onto the vocabulary, given the
         iteration's ``loss_positions`` (the FLOP count of the head)."""
-
-    def conversion(self) -> type[Conversion] | None:
-        """The Hugging Face conversion of this family's checkpoints, or None when it has none."""
 
 
 FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (GPTFamily(), BertFamily())}

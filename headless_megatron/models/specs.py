@@ -15,7 +15,6 @@ two substitutions:
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from functools import lru_cache
 
 import torch
@@ -31,6 +30,7 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from headless_megatron.config.megatron import transformer_engine_available
 from headless_megatron.models.attention import SDPAttention, sdpa_supports
 
 
@@ -58,18 +58,6 @@ class TorchNorm:
         for param in norm.parameters():
             param.sequence_parallel = config.sequence_parallel
         return norm
-
-
-@lru_cache(maxsize=None)
-def transformer_engine_available() -> bool:
-    """TE is used only when its torch extension imports and a GPU is present."""
-    if not torch.cuda.is_available() or importlib.util.find_spec("transformer_engine") is None:
-        return False
-    try:
-        import transformer_engine.pytorch  # noqa: F401
-    except Exception:  # noqa: BLE001 - a broken TE install means: use the local spec
-        return False
-    return True
 
 
 @lru_cache(maxsize=None)

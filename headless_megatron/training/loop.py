@@ -96,7 +96,9 @@ def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int
                       vp_stage: int | None = None):
     """This pipeline stage (or its model chunk ``vp_stage``) of the model ``config`` describes, with
     layout-independent initial weights."""
-    cwt = CWTOptions(config.cwt_temperature, config.cwt_duplicates, config.cwt_negatives) if config.loss == "cwt" else None
+    cwt = None
+    if config.loss == "cwt":
+        cwt = CWTOptions(config.cwt_temperature, config.cwt_duplicates, config.cwt_negatives)
     return family_of(config).build_stage(
         config,
         transformer_config,
@@ -148,7 +150,8 @@ class Trainer:
         self.transformer_config = config.transformer_config(backend)
         self.transformer_config.finalize_model_grads_func = finalize_model_grads
         # One model chunk per virtual pipeline stage (interleaved 1F1B), else one per rank.
-        vp_stages = range(config.virtual_pipeline_model_parallel_size) if config.virtual_pipeline_model_parallel_size else [None]
+        virtual_stages = config.virtual_pipeline_model_parallel_size
+        vp_stages = range(virtual_stages) if virtual_stages else [None]
         self.model_chunks = [self._wrap_chunk(build_model_stage(
             config, self.transformer_config, self.padded_vocab, backend, vp_stage=vp_stage
         ).to(device), first=vp_stage in (None, 0)) for vp_stage in vp_stages]
@@ -382,7 +385,8 @@ class Trainer:
             if self.skipped_in_a_row >= self.config.max_skipped_iters:
                 raise NumericalError(
                     f"max_skipped_iters: {self.skipped_in_a_row} consecutive iterations had a NaN/Inf loss or "
-                    f"gradient (last: {self.iteration}); lower lr or check the data, then resume from the last checkpoint"
+                    f"gradient (last: {self.iteration}); lower lr or check the data, then resume from the last "
+                    "checkpoint"
                 )
             return loss, None, flops
         self.skipped_in_a_row = 0
@@ -432,7 +436,8 @@ class Trainer:
                 if stopped_by:
                     self.logger.message(
                         f"stopping after iteration {self.iteration}: {stopped_by}"
-                        + (f"; saving, resume with --load {config.save}" if config.save else "; nothing saved (no save)")
+                        + (f"; saving, resume with --load {config.save}" if config.save
+                           else "; nothing saved (no save)")
                     )
                     break
             if config.save and saved_at != self.iteration:

@@ -17,6 +17,7 @@ class BertFamily:
     name = "bert"
     kind = "encoder"
     objective = "masked language modelling"
+    hf_model_type = "megatron-bert"  # MegatronBertForMaskedLM, or MegatronBertModel when headless
 
     def validate(self, config: TrainConfig) -> None:
         if config.mlm_project_masked_only and config.loss != "ce":
@@ -45,11 +46,6 @@ class BertFamily:
     def projected_positions(self, config: TrainConfig, loss_positions: int) -> int:
         # mlm_project_masked_only: the head sees the loss (masked) positions alone
         return loss_positions if config.mlm_project_masked_only else config.tokens_per_iteration
-
-    def conversion(self):
-        from headless_megatron.convert.megatron_bert import MegatronBertConversion
-
-        return MegatronBertConversion
 
 
 def masking_for(config: TrainConfig, tokenizer):

@@ -16,6 +16,7 @@ class GPTFamily:
     name = "gpt"
     kind = "decoder"
     objective = "language modelling"
+    hf_model_type = "llama"  # LlamaForCausalLM
 
     def validate(self, config: TrainConfig) -> None:
         if config.mlm_project_masked_only:
@@ -40,8 +41,3 @@ class GPTFamily:
 
     def projected_positions(self, config: TrainConfig, loss_positions: int) -> int:
         return config.tokens_per_iteration
-
-    def conversion(self):
-        from headless_megatron.convert.llama import LlamaConversion
-
-        return LlamaConversion
