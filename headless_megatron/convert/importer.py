@@ -10,11 +10,14 @@ then start training from it with ``--pretrained runs/from_hf`` (or ``--load runs
 built from the HF config, but no optimizer state, so a plain ``--load`` resume does not apply.
 
 How: TP x PP local CPU ranks (``run_on_ranks``, gloo, GPUs hidden) each build their pipeline
-stage of the model the training loop would build (``training.loop.build_model_stage``), fill
-every parameter shard from the HF tensors through the family's mappings (each rank reads only the
-safetensors tensors of its own layers, memory-mapped) and save with the training loop's own
-``save_checkpoint``. The result is therefore exactly what a training run at that layout would have
-saved, iteration 0, and reshards like any of our checkpoints.
+stage of the model the training loop would build (``training.loop.build_model_stage``) on the
+``meta`` device, for its geometry only, and save it with the training loop's own
+``save_checkpoint`` through a streamed torch_dist strategy (``convert.streamed_save``): each
+parameter shard is read from the HF tensors through the family's mappings when the writer reaches
+it (each rank reads only the regions of the safetensors tensors of its own shards, memory-mapped),
+written and dropped. Neither the HF model nor the Megatron stage is ever in memory: an import needs
+about one tensor per rank beyond the ranks' start-up. The result is exactly what a training run at
+that layout would have saved, iteration 0, and reshards like any of our checkpoints.
 
 The checkpoint's directory also holds ``tokenizer/`` (the HF model's tokenizer, with the
 end-of-document, padding and mask tokens ``load_tokenizer`` adds when missing; added tokens get

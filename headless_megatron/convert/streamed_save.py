@@ -5,7 +5,9 @@ and its torch_dist strategy expects every tensor to exist in memory (its writer 
 all before writing). An import has no use for that: its tensors come from files on disk. Here the
 model may live on the ``meta`` device, giving only the geometry (keys, global shapes, offsets,
 replicas), and each tensor is produced by its :data:`TensorSource` when the writer reaches it, written,
-and dropped; the peak is about the largest tensor, whatever the model's size.
+and dropped. PyTorch's writer (2.13) keeps the last tensor of each key until the rank's file is
+closed, so a rank holds at most one shard per key: one layer's shards and the embedding's, whatever
+the number of layers.
 
 Everything else is Megatron's and PyTorch's own: ``dist_checkpointing.save`` with this strategy still
 applies the factories, checks that every shard is saved exactly once, writes ``common.pt`` and
