@@ -21,14 +21,13 @@ def save_both_ways(default_root: str, streamed_root: str, llama: bool) -> dict:
     it, then the same model's meta-device twin saved with every shard from a source that copies the
     real shard; returns, per source call, its shard and how many tensors of earlier calls were alive."""
     from megatron.core.dist_checkpointing.mapping import is_main_replica
-
+    from megatron_helpers import build_bert, build_gpt, tiny_config
     from torch.multiprocessing.reductions import StorageWeakRef
 
     from headless_megatron.convert.streamed_save import StreamedSaveStrategy
     from headless_megatron.models.init import _sharded_tensors
     from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
     from headless_megatron.training.checkpoint import SHARDING_METADATA, save_checkpoint
-    from megatron_helpers import build_bert, build_gpt, tiny_config
 
     init_distributed(ParallelLayout(2, 2), seed=3)
     build = build_gpt if llama else build_bert
