@@ -14,10 +14,10 @@ stage of the model the training loop would build (``training.loop.build_model_st
 ``meta`` device, for its geometry only, and save it with the training loop's own
 ``save_checkpoint`` through a streamed torch_dist strategy (``convert.streamed_save``): each
 parameter shard is read from the HF tensors through the family's mappings when the writer reaches
-it (each rank reads only the regions of the safetensors tensors of its own shards, memory-mapped),
-written and dropped. Neither the HF model nor the Megatron stage is ever in memory: an import needs
-about one tensor per rank beyond the ranks' start-up. The result is exactly what a training run at
-that layout would have saved, iteration 0, and reshards like any of our checkpoints.
+it (memory-mapped: only its region of a plain or vocabulary tensor, its layer's tensors for a fused
+one), written and dropped. Neither the HF model nor the Megatron stage is ever in memory: a rank
+needs about one layer's shards and its embedding shard beyond its start-up. The result is what a
+training run at that layout would have saved, iteration 0, and reshards like any of our checkpoints.
 
 The checkpoint's directory also holds ``tokenizer/`` (the HF model's tokenizer, with the
 end-of-document, padding and mask tokens ``load_tokenizer`` adds when missing; added tokens get
