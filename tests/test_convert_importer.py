@@ -137,6 +137,22 @@ def test_a_sharded_tied_model_round_trips_at_the_default_layout_and_overwrites_i
     assert_same_tensors(tmp_path / "tied", exported)
 
 
+def test_bf16_weights_are_stored_exactly_in_float32(tokenizer, tmp_path):
+    random_llama(tmp_path / "fp32", tokenizer, tie=False)
+    fp32 = load_file(tmp_path / "fp32" / "model.safetensors")
+    bf16 = {name: tensor.to(torch.bfloat16) for name, tensor in fp32.items()}
+    (tmp_path / "bf16").mkdir()
+    save_file(bf16, tmp_path / "bf16" / "model.safetensors", metadata={"format": "pt"})
+    for path in (tmp_path / "fp32").iterdir():  # the config and the tokenizer
+        if path.suffix != ".safetensors":
+            (tmp_path / "bf16" / path.name).write_bytes(path.read_bytes())
+    assert main(["import-hf", "--model", str(tmp_path / "bf16"), "--output", str(tmp_path / "run"), *TP2_PP2]) == 0
+    exported = SafetensorsWeights(export_hf(tmp_path / "run", tmp_path / "again", dtype=torch.float32).output)
+    assert sorted(exported.names()) == sorted(bf16)
+    for name, tensor in bf16.items():
+        assert exported(name).dtype == torch.float32 and torch.equal(exported(name), tensor.float()), name
+
+
 def test_the_model_read_and_other_directories_are_never_replaced(untied_model, tmp_path, capsys):
     model_files = sorted(p.name for p in untied_model.iterdir())
     for output, message in [(untied_model, f"output {untied_model}: is the model directory"),

@@ -130,6 +130,7 @@ def test_a_region_reads_only_its_part_of_plain_and_vocabulary_tensors():
     for mapping, layer, index in cases:
         hf.reads.clear()
         shape, read_region = megatron_region(mapping, hf, layer, index)
+        assert hf.reads == []  # the shape alone reads nothing
         region = read_region()
         fused = mapping.megatron == "decoder.layers.qkv"  # built whole from its HF tensors; the others read a part
         assert all((read_index is None) == fused for _, read_index in hf.reads), hf.reads

@@ -22,8 +22,8 @@ share of anonymous and shared-memory pages (PSS, ``/proc/PID/smaps_rollup``, sam
 above the step process's own once torch, Megatron-Core and transformers are imported. (A plain RSS
 sum would count the pages forked ranks share with their parent once per rank, and the page cache of
 memory-mapped weight files.) The bound is one weight file plus twice the largest tensor. An
-import's peak includes its ranks' start-up (interpreters, torch, Megatron-Core, checkpoint
-writers), which the tiny shape's import measures: "import - ranks" is the peak less that.
+import's peak includes its ranks' start-up (interpreters, torch, Megatron-Core), which the tiny
+shape's import measures: "import - ranks" is the peak less that, to compare with the bound.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def run(args) -> int:
 
 def print_table(results: list[RoundTrip]) -> None:
     gb = 1e9
-    # The tiny model's import is the ranks' own start-up (interpreters, torch, Megatron-Core, writers).
+    # The tiny model's import is the ranks' own start-up (interpreters, torch, Megatron-Core).
     start_up = next((r.import_step.peak_above_baseline for r in results if r.shape == "tiny"), None)
     columns = ["shape", "params", "fp32 GB", "largest GB", "shard GB", "bound GB", "import s", "import GB",
                "import - ranks GB", "export s", "export GB", "export/bound", "files", "bit-equal"]

@@ -10,11 +10,14 @@ then start training from it with ``--pretrained runs/from_hf`` (or ``--load runs
 built from the HF config, but no optimizer state, so a plain ``--load`` resume does not apply.
 
 How: TP x PP local CPU ranks (``run_on_ranks``, gloo, GPUs hidden) each build their pipeline
-stage of the model the training loop would build (``training.loop.build_model_stage``), fill
-every parameter shard from the HF tensors through the family's mappings (each rank reads only the
-safetensors tensors of its own layers, memory-mapped) and save with the training loop's own
-``save_checkpoint``. The result is therefore exactly what a training run at that layout would have
-saved, iteration 0, and reshards like any of our checkpoints.
+stage of the model the training loop would build (``training.loop.build_model_stage``) on the
+``meta`` device, for its geometry only, and save it with the training loop's own
+``save_checkpoint`` through a streamed torch_dist strategy (``convert.streamed_save``): each
+parameter shard is read from the HF tensors through the family's mappings when the writer reaches
+it (memory-mapped: only its region of a plain or vocabulary tensor, its layer's tensors for a fused
+one), written and dropped. Neither the HF model nor the Megatron stage is ever in memory: a rank
+needs about one layer's shards and its embedding shard beyond its start-up. The result is what a
+training run at that layout would have saved, iteration 0, and reshards like any of our checkpoints.
 
 The checkpoint's directory also holds ``tokenizer/`` (the HF model's tokenizer, with the
 end-of-document, padding and mask tokens ``load_tokenizer`` adds when missing; added tokens get
@@ -43,6 +46,7 @@ from headless_megatron.convert import ConversionError
 from headless_megatron.convert.atomic import atomic_directory, check_apart, check_output
 from headless_megatron.convert.conversions import CONVERSIONS
 from headless_megatron.convert.mapping import Conversion, RegionReader, TensorMapping, megatron_region
+from headless_megatron.convert.streamed_save import ShardId, TensorSource
 from headless_megatron.data.errors import DataError
 from headless_megatron.errors import first_line
 from headless_megatron.training.checkpoint import iteration_dir
@@ -289,7 +293,9 @@ def _run_ranks(
 def _write_stage(
     hf_model_type: str, config_values: dict[str, Any], vocab_size: int, directory: str, root: str, provenance: str
 ) -> None:
-    """One rank: build this pipeline stage, fill its shards from the HF weights, save (all ranks together)."""
+    """One rank: describe this pipeline stage, save it (all ranks together) with every shard read
+    from the HF weights as it is written."""
+    from headless_megatron.convert.streamed_save import StreamedSaveStrategy
     from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
     from headless_megatron.training.checkpoint import save_checkpoint
     from headless_megatron.training.loop import build_model_stage
@@ -299,29 +305,35 @@ def _write_stage(
         ParallelLayout(config.tensor_model_parallel_size, config.pipeline_model_parallel_size), seed=config.seed
     )
     transformer_config = config.transformer_config(RANKS_BACKEND, on_gpu=False)
-    stage = build_model_stage(config, transformer_config, config.padded_vocab_size(vocab_size), RANKS_BACKEND)
+    # Only the stage's geometry is needed: every weight is replaced by the HF one, read when written.
+    with torch.device("meta"):
+        stage = build_model_stage(config, transformer_config, config.padded_vocab_size(vocab_size), RANKS_BACKEND)
     conversion = IMPORTABLE[hf_model_type](config, vocab_size)
-    fill_from_hf(stage, conversion.mappings(conversion.import_mode), SafetensorsWeights(directory))
+    sources = hf_sources(stage, conversion.mappings(conversion.import_mode), SafetensorsWeights(directory))
     common = {"config": config.to_dict(), "consumed_train_samples": 0, "imported_from": provenance}
-    save_checkpoint(root, 0, [stage], None, None, common)
+    save_checkpoint(root, 0, [stage], None, None, common, sharded_strategy=StreamedSaveStrategy(sources))
 
 
-@torch.no_grad()
-def fill_from_hf(stage: torch.nn.Module, mappings: list[TensorMapping], read_hf: RegionReader) -> None:
-    """Overwrite every parameter shard of ``stage`` (one pipeline stage, this rank's TP shard) with
-    its part of the Megatron tensor that ``mappings`` build from the HF tensors ``read_hf`` returns.
+def hf_sources(
+    stage: torch.nn.Module, mappings: list[TensorMapping], read_hf: RegionReader
+) -> dict[ShardId, TensorSource]:
+    """For every parameter shard of ``stage`` (one pipeline stage, this rank's TP shard, possibly on
+    the ``meta`` device), the function that reads its part of the Megatron tensor that ``mappings``
+    build from the HF tensors ``read_hf`` returns, by checkpoint key and global offset.
 
     The shard geometry is the stage's ``sharded_state_dict()``, the description ``dist_checkpointing``
     saves and reshards with, so TP splits, SwiGLU halves, stacked layers and the tied embedding copy
-    of the last pipeline stage are all covered the way a checkpoint load would cover them. Each shard
+    of the last pipeline stage are all covered the way a checkpoint save would cover them. Each shard
     reads only its own region of a plain or vocabulary-row HF tensor (``megatron_region``), so a
-    TP rank reads half the embedding, not all of it.
+    TP rank reads half the embedding, not all of it. Shapes are checked here, before anything is read.
     """
     from headless_megatron.models.init import _sharded_tensors
+    from headless_megatron.training.checkpoint import SHARDING_METADATA
 
     by_key = {mapping.megatron: mapping for mapping in mappings}
+    sources: dict[ShardId, TensorSource] = {}
     covered = set()
-    for shard in _sharded_tensors(stage.sharded_state_dict()):
+    for shard in _sharded_tensors(stage.sharded_state_dict(metadata=SHARDING_METADATA)):
         if shard.key not in by_key:
             raise ConversionError(f"{shard.key}: no Hugging Face tensor maps to this parameter")
         prepend = shard.prepend_axis_num
@@ -334,8 +346,15 @@ def fill_from_hf(stage: torch.nn.Module, mappings: list[TensorMapping], read_hf:
         if shape != expected:
             raise ConversionError(f"{shard.key}: the Hugging Face tensors give shape {shape}, "
                                   f"the model expects {expected}")
-        shard.data.copy_(read_region())
-        covered.add(shard.data.untyped_storage().data_ptr())
-    missed = [name for name, param in stage.named_parameters() if param.untyped_storage().data_ptr() not in covered]
+        sources[(shard.key, tuple(shard.global_offset))] = read_region
+        covered.add(_storage_of(shard.data))
+    missed = [name for name, param in stage.named_parameters() if _storage_of(param) not in covered]
     if missed:
         raise ConversionError(f"parameters without a checkpoint shard, not imported: {', '.join(missed)}")
+    return sources
+
+
+def _storage_of(tensor: torch.Tensor) -> int:
+    """The identity of ``tensor``'s storage, shared by its views; on the ``meta`` device too, where
+    every data pointer is 0."""
+    return tensor.untyped_storage()._cdata

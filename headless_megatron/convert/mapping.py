@@ -111,17 +111,19 @@ def megatron_region(
     mapping: TensorMapping, read_hf: RegionReader, layer: int | None, index: tuple[slice, ...]
 ) -> tuple[tuple[int, ...], Callable[[], torch.Tensor]]:
     """The full shape of one Megatron tensor (one layer's slice for a per-layer key) and a function
-    that returns its region ``index``. A plain copy or a table of vocabulary rows reads only that
-    region of its HF tensor (what a TP shard needs); a fused tensor (QKV, SwiGLU) is built whole
-    from the layer's HF tensors and then cut."""
+    that returns its region ``index``; nothing is read until that function is called. A plain copy
+    or a table of vocabulary rows reads only that region of its HF tensor (what a TP shard needs); a
+    fused tensor (QKV, SwiGLU) is built whole from the layer's HF tensors and then cut (its shape is
+    that of the same fusion of tensors on the ``meta`` device)."""
     (name,) = mapping.hf_names(layer) if len(mapping.hf) == 1 else (None,)
     if name is not None and mapping.to_megatron is _unchanged_to_megatron:
         return read_hf.shape(name), lambda: read_hf.region(name, index)
     if name is not None and mapping.padded_rows is not None:
         hf_shape = read_hf.shape(name)
         return (mapping.padded_rows, *hf_shape[1:]), lambda: _padded_rows_region(read_hf, name, hf_shape[0], index)
-    full = megatron_tensor(mapping, read_hf, layer)
-    return tuple(full.shape), lambda: full[index]
+    shapes_only = tuple(torch.empty(read_hf.shape(hf_name), device="meta") for hf_name in mapping.hf_names(layer))
+    shape = tuple(mapping.to_megatron(shapes_only).shape)
+    return shape, lambda: megatron_tensor(mapping, read_hf, layer)[index]
 
 
 def _padded_rows_region(read_hf: RegionReader, name: str, real_rows: int, index: tuple[slice, ...]) -> torch.Tensor:

@@ -308,8 +308,12 @@ def _start_checkpoint_writer_helper() -> None:
     filesystem_async._results_queue = _writer_manager.Queue()
 
 
-def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, scheduler, common: dict) -> Path:
-    """Write ``iter_<iteration>`` under ``root`` from every rank, then publish it atomically."""
+def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, scheduler, common: dict,
+                    sharded_strategy=None) -> Path:
+    """Write ``iter_<iteration>`` under ``root`` from every rank, then publish it atomically.
+
+    ``sharded_strategy``: how ``dist_checkpointing`` writes the tensors (default: Megatron's torch_dist
+    strategy; an import passes one that reads each tensor from the source model as it is written)."""
     final = iteration_dir(root, iteration)
     staging = final.with_name(final.name + ".tmp")
     if dist.get_rank() == 0:
@@ -319,8 +323,9 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
     common = {**common, "iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}
     state = _sharded_state_dict(model_chunks, optimizer, scheduler, common, is_loading=False, with_rng=True)
     with stop_signals_deferred():  # a save is never cut in half; see signals.stop_signals_deferred
-        _start_checkpoint_writer_helper()
-        dist_checkpointing.save(state, str(staging), content_metadata=SHARDING_METADATA)
+        if sharded_strategy is None:  # the helper serves Megatron's default writer only
+            _start_checkpoint_writer_helper()
+        dist_checkpointing.save(state, str(staging), sharded_strategy, content_metadata=SHARDING_METADATA)
     dist.barrier()
     if dist.get_rank() == 0:
         if final.exists():  # saving the same iteration again (e.g. after a resume)
