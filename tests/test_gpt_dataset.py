@@ -1,6 +1,11 @@
-"""The pretraining sampler: Megatron-LM's order, identical micro-batches in every DP layout."""
+"""The pretraining sampler (Megatron-LM's order, identical micro-batches in every DP layout) and the
+data check that runs before anything is built."""
 
-from headless_megatron.data.gpt_dataset import MicroBatchSampler
+import pytest
+
+from headless_megatron.cli import main
+from headless_megatron.config import ConfigError, parse_config
+from headless_megatron.data.gpt_dataset import MicroBatchSampler, check_data
 
 
 def _micro_batches(dp_size, micro_batch_size=4, total=64, consumed=0):
@@ -26,3 +31,16 @@ def test_resuming_continues_where_the_consumed_samples_end():
 
 def test_a_partial_last_step_is_not_served():
     assert list(MicroBatchSampler(10, 0, 4, 1, 2)) == [[4, 5, 6, 7]]
+
+
+def test_the_data_is_checked_before_anything_is_built(dataset, capsys):
+    """An empty split is refused from the index headers alone, in the launching process: no rank,
+    no model (Megatron's GPTDataset would loop forever on it)."""
+    flags = ["--config", "configs/gpt_headless_tiny.yaml", "--data-path", dataset, "--eval-iters", "1"]
+    check_data(parse_config(flags))  # the recipe's own split has documents everywhere
+    with pytest.raises(ConfigError, match=r"split: '99990,9,1' leaves the valid split of .* empty"):
+        check_data(parse_config([*flags, "--split", "99990,9,1"]))
+    check_data(parse_config([*flags, "--split", "99990,9,1", "--eval-iters", "0"]))  # nobody reads it
+    assert main(["pretrain", "--nproc-per-node", "2", *flags, "--split", "99990,9,1"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("headless-megatron pretrain: error: split: '99990,9,1' leaves the valid split")

@@ -36,8 +36,12 @@ def _config(args, command: str):
 
 
 def validate_for_launch(args, world_size: int, command: str = "pretrain") -> None:
-    """The config checks that need no rank, run by ``--nproc-per-node`` before it starts any."""
-    _config(args, command).validate(world_size)
+    """The config and data checks that need no rank, run by ``--nproc-per-node`` before it starts any."""
+    from headless_megatron.data.gpt_dataset import check_data
+
+    config = _config(args, command)
+    config.validate(world_size)
+    check_data(config)
 
 
 def run(args, command: str = "pretrain") -> int:

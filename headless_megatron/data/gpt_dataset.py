@@ -70,8 +70,33 @@ def micro_batches(dataset, consumed_samples: int, micro_batch_size: int, num_wor
     return iter(loader)
 
 
-def build_gpt_datasets(config, tokenizer: Tokenizer | None, samples: tuple[int, int, int]):
-    """(train, valid, test) ``GPTDataset``s (or Megatron's mock data) for ``samples`` each.
+def samples_per_split(config) -> tuple[int, int, int]:
+    """The (train, valid, test) samples a run of ``config`` reads: validation only when it runs."""
+    batch = config.global_batch_size
+    valid = config.eval_iters * batch if config.eval_interval and config.eval_iters else 0
+    return config.train_iters * batch, valid, 0
+
+
+def check_data(config) -> None:
+    """Refuse, in one line, data the run of ``config`` cannot train on: a missing, truncated or
+    mismatched ``.bin``/``.idx``, or a split it reads that gets no document. Reads only the index
+    headers, so it runs before any model is built (and in the launcher, before any rank starts)."""
+    if config.mock_data:
+        return
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
+
+    for prefix in config.data_blend()[0]:
+        check_indexed_dataset(prefix)
+    split_matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(config.split))
+    _check_every_split_has_documents(config, split_matrix, samples_per_split(config))
+
+
+def build_gpt_datasets(config, tokenizer: Tokenizer | None):
+    """(train, valid, test) ``GPTDataset``s (or Megatron's mock data) of :func:`samples_per_split`
+    samples each, from data :func:`check_data` accepted.
 
     ``config`` is a :class:`~headless_megatron.config.TrainConfig`.
     """
@@ -79,6 +104,7 @@ def build_gpt_datasets(config, tokenizer: Tokenizer | None, samples: tuple[int, 
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
     blend = config.data_blend()
+    samples = samples_per_split(config)
     dataset_config = GPTDatasetConfig(
         random_seed=config.seed,
         sequence_length=config.seq_length,
@@ -94,9 +120,6 @@ def build_gpt_datasets(config, tokenizer: Tokenizer | None, samples: tuple[int, 
         mid_level_dataset_surplus=0.005,
     )
     if not config.mock_data:
-        for prefix in blend[0]:
-            check_indexed_dataset(prefix)
-        _check_every_split_has_documents(config, dataset_config.split_matrix, samples)
         # A split nobody reads is not built: Megatron's GPTDataset loops forever over an empty one
         # even when asked for 0 samples (megatron-core 0.16.1), e.g. the 1% test split of a small corpus.
         dataset_config.split_matrix = [

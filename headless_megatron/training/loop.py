@@ -30,7 +30,7 @@ from megatron.core.transformer.module import Float16Module
 
 from headless_megatron.config import TrainConfig
 from headless_megatron.cwt import CWTOptions
-from headless_megatron.data.gpt_dataset import build_gpt_datasets, micro_batches
+from headless_megatron.data.gpt_dataset import build_gpt_datasets, check_data, micro_batches
 from headless_megatron.models.family import ModelFamily, family_of
 from headless_megatron.models.specs import kernel_backend
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed, naming_lost_ranks
@@ -141,6 +141,7 @@ class Trainer:
         self.config = config
         self.device = device
         self.family = family_of(config)
+        check_data(config)  # before anything is built or loaded
         self.world_size = dist.get_world_size()
         self.num_microbatches = config.num_microbatches(self.world_size)
         self.tokenizer = self._tokenizer()
@@ -194,11 +195,7 @@ class Trainer:
         )
         self.iteration = self._resume()
         self.skipped_iterations = self.skipped_in_a_row = 0
-        batch = config.global_batch_size
-        valid_samples = config.eval_iters * batch if config.eval_interval and config.eval_iters else 0
-        self.train_data, self.valid_data, _ = build_gpt_datasets(
-            config, self.tokenizer, (config.train_iters * batch, valid_samples, 0)
-        )
+        self.train_data, self.valid_data, _ = build_gpt_datasets(config, self.tokenizer)
         self.train_data, self.valid_data = (
             self.family.wrap_data(config, self.tokenizer, windows) if windows is not None else None
             for windows in (self.train_data, self.valid_data)
