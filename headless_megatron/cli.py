@@ -45,7 +45,10 @@ SUBCOMMANDS = {
         "train on from a pretrained checkpoint (a headless GPT gets an LM head initialised from its embeddings)",
     ),
     "preprocess": ("headless_megatron.commands.preprocess", "text corpora -> Megatron .bin/.idx datasets"),
-    "bench": ("headless_megatron.commands.bench", "benchmarks that print a table (bench loss | train | preprocess)"),
+    "bench": (
+        "headless_megatron.commands.bench",
+        "benchmarks that print a table (bench attention | loss | train | preprocess | convert)",
+    ),
     "generate": ("headless_megatron.commands.generate", "continue a prompt with an exported decoder (transformers)"),
     "export-hf": (
         "headless_megatron.commands.export_hf",
