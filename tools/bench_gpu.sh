@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU benchmark of issue 12, sized to finish within 8 minutes on one H200 (bf16, no Transformer
 # Engine, the local layer spec with fused SDPA attention). Synthetic tokens (--mock-data), the
-# GPT-NeoX vocabulary (50,277 -> 50,304 padded). It prints `bench loss` in bf16, then ONE table:
+# GPT-NeoX vocabulary (50,277 -> 50,304 padded). It prints `bench loss` in bf16, `bench layer` (the
+# layer fusions whose CPU figures do not carry over to GPUs; saved as $BENCH_OUT/bench_layer.txt), then
+# ONE table:
 #
 #   gpt 160m : headless vs vanilla, seq 2048            tokens/s, TFLOP/s (Megatron-LM count), MFU, peak memory
 #   gpt 1b   : headless vs vanilla, seq 2048
@@ -46,6 +48,7 @@ if [[ "${BENCH_GPU_SMOKE:-0}" == 1 ]]; then
     GPT_BIG=(--num-layers 2 --seq-length 64 --micro-batch-size 2 --global-batch-size 2)
     BERT=(--num-layers 2 --seq-length 64 --micro-batch-size 8 --global-batch-size 8)
     LOSS=(--shape decoder:256x64x512 --shape encoder:40x64x512@256 --iters 1)
+    LAYER=(--seq-length 64 --hidden-size 64 --heads 4 --vocab-size 512 --iters 1 --warmup 1)
     SIZES=(160m-smoke 1b-smoke 2.8b-smoke small-smoke base-smoke)  # the real runs' group names, tiny shapes
 else
     ITERS=(--iters 8 --warmup 3)
@@ -54,6 +57,8 @@ else
     GPT_BIG=(--seq-length 2048 --micro-batch-size 4 --global-batch-size 8)
     BERT=(--micro-batch-size 256 --global-batch-size 512)
     LOSS=(--dtype bfloat16)
+    # the 1B recipe's layer at its micro-batch; --warmup 2 leaves the compilations out of the times
+    LAYER=(--seq-length 2048 --micro-batch-size 4 --hidden-size 2048 --heads 16 --dtype bf16 --iters 10 --warmup 2)
     SIZES=(160m 1b 2.8b small base)
 fi
 if [[ "${BENCH_GPU_SMOKE:-0}" == 1 ]]; then
@@ -82,6 +87,8 @@ train() {  # group, then configs...; options for all of them in $EXTRA
 
 echo "== bench loss ($((SECONDS - started)) s so far)"
 bench loss "${LOSS[@]}"
+echo "== bench layer ($((SECONDS - started)) s so far)"
+bench layer "${LAYER[@]}" --compile-layer | tee "$BENCH_OUT/bench_layer.txt"
 EXTRA=("${GPT[@]}");     train "gpt ${SIZES[0]}" "${GPT_CONFIGS[@]}"
 EXTRA=("${GPT_BIG[@]}"); train "gpt ${SIZES[1]}" "${GPT1B_CONFIGS[@]}"
 ITERS_SAVED=("${ITERS[@]}")
