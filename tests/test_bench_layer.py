@@ -9,7 +9,7 @@ def test_table_has_every_fusion_with_its_ratio_and_difference():
     done = subprocess.run(
         [sys.executable, "-m", "headless_megatron", "bench", "layer", "--seq-length", "32", "--hidden-size", "64",
          "--heads", "4", "--vocab-size", "256", "--iters", "1", "--warmup", "1"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, check=False,
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()

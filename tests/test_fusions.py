@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import megatron_helpers as mh
 import pytest
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state as ps
+from test_attention import _bert, _gpt, _relative_error
 
-import megatron_helpers as mh
 from headless_megatron.config import TrainConfig
 from headless_megatron.models.attention import SDPAttention
 from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
 from headless_megatron.runtime.local_ranks import run_on_ranks
-from test_attention import _bert, _gpt, _relative_error
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 FUSIONS = ("bias_activation_fusion", "bias_dropout_fusion", "cross_entropy_loss_fusion")
@@ -107,7 +107,9 @@ def test_fused_bias_dropout_add_drops_at_the_rate_and_scales_the_rest():
 
 
 def _cross_entropy_losses_and_grads(dtype):
-    from megatron.core.fusions.fused_cross_entropy import fused_vocab_parallel_cross_entropy
+    from megatron.core.fusions.fused_cross_entropy import (
+        fused_vocab_parallel_cross_entropy,
+    )
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     init_distributed(ParallelLayout(1, 1), seed=mh.SEED)

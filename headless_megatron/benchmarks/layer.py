@@ -99,8 +99,11 @@ def _twin_modules(build):
 def _rows(options: dict, device, dtype):
     """Per row: case, baseline side, option side, inputs."""
     import torch.nn.functional as F
+    from megatron.core import parallel_state
     from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
-    from megatron.core.fusions.fused_cross_entropy import fused_vocab_parallel_cross_entropy
+    from megatron.core.fusions.fused_cross_entropy import (
+        fused_vocab_parallel_cross_entropy,
+    )
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
@@ -122,10 +125,10 @@ def _rows(options: dict, device, dtype):
             use_cpu_initialization=device.type == "cpu", bias_dropout_fusion=False, **fields,
         )
 
-    swiglu = dict(gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False,
-                  ffn_hidden_size=int((4 * hidden * 2 / 3) / 64) * 64, normalization="RMSNorm")
-    gelu = dict(gated_linear_unit=False, activation_func=F.gelu, add_bias_linear=True,
-                ffn_hidden_size=4 * hidden, normalization="LayerNorm")
+    swiglu = {"gated_linear_unit": True, "activation_func": F.silu, "add_bias_linear": False,
+              "ffn_hidden_size": int((4 * hidden * 2 / 3) / 64) * 64, "normalization": "RMSNorm"}
+    gelu = {"gated_linear_unit": False, "activation_func": F.gelu, "add_bias_linear": True,
+            "ffn_hidden_size": 4 * hidden, "normalization": "LayerNorm"}
     mlp_specs = {
         "SwiGLU MLP (GPT)": (swiglu, get_gpt_layer_local_spec().submodules.mlp),
         "GeLU MLP + bias (BERT)": (gelu, bert_layer_local_spec.submodules.mlp),
@@ -134,7 +137,9 @@ def _rows(options: dict, device, dtype):
     rows = []
     for case, (arch, spec) in mlp_specs.items():
         mlp_off, mlp_on = _twin_modules(
-            lambda fused: build_module(spec, config=config(bias_activation_fusion=fused, **arch)).to(device)
+            lambda fused, spec=spec, arch=arch: build_module(
+                spec, config=config(bias_activation_fusion=fused, **arch)
+            ).to(device)
         )
         rows.append((f"{case}, ffn {arch['ffn_hidden_size']}",
                      _Side("bias_activation_fusion off", lambda h, mlp=mlp_off: mlp(h)[0], mlp_off.parameters()),
@@ -159,8 +164,6 @@ def _rows(options: dict, device, dtype):
 
     vocab = options["vocab_size"]
     logits, target = randn(seq, batch, vocab, scale=4.0), torch.randint(0, vocab, (seq, batch), generator=gen).to(device)
-    from megatron.core import parallel_state
-
     tp_group = parallel_state.get_tensor_model_parallel_group()
     # GPTModel's loss: the logits in the model's dtype; Megatron's CE upcasts them to fp32 itself
     rows.append((f"vocab-parallel CE (vanilla head), V {vocab}",
