@@ -47,7 +47,7 @@ SUBCOMMANDS = {
     "preprocess": ("headless_megatron.commands.preprocess", "text corpora -> Megatron .bin/.idx datasets"),
     "bench": (
         "headless_megatron.commands.bench",
-        "benchmarks that print a table (bench attention | loss | train | preprocess | convert)",
+        "benchmarks that print a table (bench attention | layer | loss | train | preprocess | convert)",
     ),
     "generate": ("headless_megatron.commands.generate", "continue a prompt with an exported decoder (transformers)"),
     "export-hf": (

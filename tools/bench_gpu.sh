@@ -9,6 +9,9 @@
 #   bert small, bert base : headless vs vanilla dense head vs vanilla masked-only head (the paper's
 #              Table 6 comparison), large micro-batches so that the GPU is not launch-bound
 #
+# and last `bench layer` (the layer fusions whose CPU figures do not carry over to GPUs; also saved
+# as $BENCH_OUT/bench_layer.txt).
+#
 #   tools/bench_gpu.sh                      # on the GPU machine
 #   BENCH_GPU_SMOKE=1 tools/bench_gpu.sh    # the same steps at tiny sizes, on a CPU (about a minute)
 #
@@ -46,6 +49,7 @@ if [[ "${BENCH_GPU_SMOKE:-0}" == 1 ]]; then
     GPT_BIG=(--num-layers 2 --seq-length 64 --micro-batch-size 2 --global-batch-size 2)
     BERT=(--num-layers 2 --seq-length 64 --micro-batch-size 8 --global-batch-size 8)
     LOSS=(--shape decoder:256x64x512 --shape encoder:40x64x512@256 --iters 1)
+    LAYER=(--seq-length 64 --hidden-size 64 --heads 4 --vocab-size 512 --iters 1 --warmup 1)
     SIZES=(160m-smoke 1b-smoke 2.8b-smoke small-smoke base-smoke)  # the real runs' group names, tiny shapes
 else
     ITERS=(--iters 8 --warmup 3)
@@ -54,6 +58,8 @@ else
     GPT_BIG=(--seq-length 2048 --micro-batch-size 4 --global-batch-size 8)
     BERT=(--micro-batch-size 256 --global-batch-size 512)
     LOSS=(--dtype bfloat16)
+    # the 1B recipe's layer at its micro-batch; --warmup 2 leaves the compilations out of the times
+    LAYER=(--seq-length 2048 --micro-batch-size 4 --hidden-size 2048 --heads 16 --dtype bf16 --iters 10 --warmup 2)
     SIZES=(160m 1b 2.8b small base)
 fi
 if [[ "${BENCH_GPU_SMOKE:-0}" == 1 ]]; then
@@ -114,3 +120,6 @@ lines += ["| " + " | ".join(row) + " |" for row in rows]
 open(sys.argv[2], "w").write("\n".join(lines) + "\n")
 print("\n" + "\n".join(lines))
 EOF
+# Last, so that a compiler failure on a new machine cannot cost the table above.
+echo "== bench layer ($((SECONDS - started)) s so far)"
+bench layer "${LAYER[@]}" --compile-layer | tee "$BENCH_OUT/bench_layer.txt" || echo "bench_gpu.sh: bench layer failed (see above)" >&2

@@ -14,6 +14,10 @@ from headless_megatron.errors import OneLineErrorParser
 
 TARGETS = {
     "attention": ("headless_megatron.benchmarks.attention", "fused (SDPA) vs Megatron's unfused core attention"),
+    "layer": (
+        "headless_megatron.benchmarks.layer",
+        "each layer fusion (activation, bias-dropout-add, norms, CE, torch.compile) vs the unfused path",
+    ),
     "loss": ("headless_megatron.benchmarks.loss", "CWT loss vs output projection + cross-entropy"),
     "preprocess": ("headless_megatron.benchmarks.preprocess", "tokenization throughput, 1 vs N workers"),
     "train": ("headless_megatron.benchmarks.train", "training iterations of several configs side by side"),

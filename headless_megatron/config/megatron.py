@@ -86,9 +86,9 @@ def transformer_config(config: TrainConfig, backend: str, *, on_gpu: bool | None
         recompute_num_layers=config.recompute_num_layers,
         use_cpu_initialization=not on_gpu,
         calculate_per_token_loss=True,
-        # These two are TorchScript functions that need no extension; Megatron's GELU fusion
-        # also needs a bias.
-        bias_activation_fusion=on_gpu and (config.swiglu or config.add_bias_linear),
+        # Compiled functions that need no extension (docs/benchmarks.md, bench layer). Not for
+        # GeLU: Megatron's fused bias-GeLU is the tanh approximation, not BertModel's exact GeLU.
+        bias_activation_fusion=on_gpu and config.swiglu,
         bias_dropout_fusion=on_gpu,
         # CUDA extensions (apex's or Megatron-LM's) that Megatron requires once asked for: the
         # local attention's fused softmax, and the weight-gradient accumulation of every
