@@ -40,6 +40,10 @@ def test_each_recipe_finds_its_family(recipe):
 @pytest.mark.parametrize("recipe, flags, message", [
     ("gpt_headless_tiny", ["--mlm-project-masked-only"],
      "mlm_project_masked_only: applies to model bert with loss ce only"),
+    ("gpt_headless_tiny", ["--mask-prob", "0.3"],
+     "mask_prob: applies to model bert only (a GPT learns every next token); remove it"),
+    ("gpt_headless_tiny", ["--masking", "paper"],
+     "masking: applies to model bert only (a GPT learns every next token); remove it"),
     ("bert_headless_tiny", ["--mlm-project-masked-only"],
      "mlm_project_masked_only: applies to model bert with loss ce only"),
     ("bert_headless_tiny", ["--loss", "ce", "--mlm-project-masked-only", "--tensor-model-parallel-size", "2",

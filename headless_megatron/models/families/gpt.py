@@ -7,7 +7,13 @@ so that validating a config stays cheap.
 
 from __future__ import annotations
 
+import dataclasses
+
 from headless_megatron.config.schema import TrainConfig, fail
+
+# Keys of the masked-LM objective: a decoder learns every next token, so a value set here for a GPT
+# would be ignored without a word.
+_MASKED_LM_KEYS = ("masking", "mask_prob")
 
 
 class GPTFamily:
@@ -21,6 +27,10 @@ class GPTFamily:
     def validate(self, config: TrainConfig) -> None:
         if config.mlm_project_masked_only:
             fail("mlm_project_masked_only", "applies to model bert with loss ce only")
+        defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+        for key in _MASKED_LM_KEYS:
+            if getattr(config, key) != defaults[key]:
+                fail(key, "applies to model bert only (a GPT learns every next token); remove it")
 
     def build_stage(self, config: TrainConfig, transformer_config, **stage_arguments):
         from headless_megatron.models.gpt import build_gpt_stage
