@@ -2,9 +2,10 @@
 
 Subcommands live in their own modules, imported only when chosen, so ``--version`` and ``--help``
 stay instant. Each module defines ``add_arguments(parser)`` and ``run(args) -> int``, and may define
-``reject_unknown_arguments(unknown)`` and ``validate_for_launch(args, world_size)``. Any subcommand
-accepts ``--nproc-per-node N`` to start N local ranks through torchrun; the command line is parsed
-and, where the command can, validated in the launching process first.
+``reject_unknown_arguments(unknown)`` (raises the ``UserError`` that explains them) and
+``validate_for_launch(args, world_size)``. Any subcommand accepts ``--nproc-per-node N`` to start N
+local ranks through torchrun; the command line is parsed and, where the command can, validated in
+the launching process first (:func:`validate_launch` does the same for launchers of their own).
 
 A :class:`~headless_megatron.errors.UserError` from any command is printed here as one line,
 ``headless-megatron <command>: error: <message>``, with exit status 2; any other exception keeps
@@ -108,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
 def _run_command(argv: list[str], nproc: int | None) -> int:
     if nproc is not None and argv[0] in SINGLE_PROCESS_COMMANDS:
         raise UsageError(f"{NPROC_FLAG}: {argv[0]} does not run on ranks; {SINGLE_PROCESS_COMMANDS[argv[0]]}")
+    command, args = _parse_command(argv)
+    if nproc is not None:
+        # A mistake in the configuration is reported here, once, before any rank starts.
+        _validate_for_launch(command, args, nproc)
+        return launch_local_ranks(nproc, argv)
+    return int(command.run(args) or 0)
+
+
+def _parse_command(argv: list[str]):
+    """The chosen command's module and its parsed arguments (``argv[0]`` names the command)."""
     command = importlib.import_module(SUBCOMMANDS[argv[0]][0])
     sub_parser = OneLineErrorParser(prog=f"headless-megatron {argv[0]}", description=SUBCOMMANDS[argv[0]][1])
     command.add_arguments(sub_parser)
@@ -115,13 +126,33 @@ def _run_command(argv: list[str], nproc: int | None) -> int:
     if unknown:
         # A command may explain unknown flags better than argparse (e.g. suggest the right key).
         explain = getattr(command, "reject_unknown_arguments", None)
-        if explain is None:
-            sub_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        return explain(unknown)
-    if nproc is not None:
-        # A mistake in the configuration is reported here, once, before any rank starts.
-        validate = getattr(command, "validate_for_launch", None)
-        if validate is not None:
-            validate(args, nproc)
-        return launch_local_ranks(nproc, argv)
-    return int(command.run(args) or 0)
+        if explain is not None:
+            explain(unknown)
+        sub_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return command, args
+
+
+def _validate_for_launch(command, args, world_size: int) -> None:
+    validate = getattr(command, "validate_for_launch", None)
+    if validate is not None:
+        validate(args, world_size)
+
+
+def validate_launch(argv: list[str], world_size: int) -> int:
+    """Check ``headless-megatron`` arguments (``argv[0]`` the command) for a launch of ``world_size``
+    ranks, as ``--nproc-per-node`` does before it starts its ranks, without starting any: for cluster
+    launchers that start the ranks themselves (``examples/slurm/common.sh``). Returns 0, or prints
+    the one-line error and returns 2.
+    """
+    quiet_known_warnings()
+    if not argv or argv[0] not in SUBCOMMANDS:
+        named = repr(argv[0]) if argv else "no command"
+        return report_user_error(
+            "headless-megatron", UsageError(f"{named}: not a command; expected one of {', '.join(SUBCOMMANDS)}")
+        )
+    try:
+        command, args = _parse_command(argv)
+        _validate_for_launch(command, args, world_size)
+    except UserError as error:
+        return report_user_error(f"headless-megatron {argv[0]}", error)
+    return 0

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from headless_megatron.cli import SUBCOMMANDS, main
+from headless_megatron.cli import SUBCOMMANDS, main, validate_launch
 
 TARGETS = r"( (lm|glue|loss|train|preprocess|attention|convert))?"
 
@@ -112,7 +112,7 @@ def _launch(*argv: str) -> subprocess.CompletedProcess:
     (["--hiden-size", "8"], "--hiden-size: unknown flag (did you mean --hidden-size?)"),
     # Known to be wrong only for this launch's world size: validated by the launcher for 2 ranks.
     (["--tensor-model-parallel-size", "3"], "not divisible by tensor_model_parallel_size 3"),
-    # Found by the ranks (each of them opens the data): still one line.
+    # A missing dataset: found by the launcher's data check too.
     (["--data-path", "/nonexistent/corpus_text_document"], "/nonexistent/corpus_text_document"),
 ])
 def test_a_bad_config_under_nproc_per_node_is_one_line_printed_once(flags, message):
@@ -122,3 +122,25 @@ def test_a_bad_config_under_nproc_per_node_is_one_line_printed_once(flags, messa
     assert len(lines) == 1 and lines[0].startswith("headless-megatron pretrain: error: ") and message in lines[0], \
         done.stderr
     assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr and done.stdout == ""
+
+
+TINY = ["--config", "configs/gpt_headless_tiny.yaml", "--vocab-size", "512"]
+
+
+@pytest.mark.parametrize("argv, world_size, message", [
+    (["pretrain", *TINY, "--mock-data", "--tensor-model-parallel-size", "2"], 4, None),
+    (["pretrain", *TINY, "--mock-data", "--tensor-model-parallel-size", "4"], 2,
+     "headless-megatron pretrain: error: tensor_model_parallel_size: the world size 2 is not divisible by"),
+    (["finetune", *TINY, "--mock-data"], 2, "headless-megatron finetune: error: pretrained: "),
+    (["pretrain", *TINY, "--hiden-size", "8"], 1, "headless-megatron pretrain: error: --hiden-size: unknown flag"),
+    (["pretrain", *TINY, "--data-path", "/nonexistent/corpus_text_document"], 1, "/nonexistent/corpus_text_document"),
+    (["train", *TINY], 1, "headless-megatron: error: 'train': not a command; expected one of env, check, pretrain"),
+])
+def test_validate_launch_checks_a_command_line_for_a_world_size_before_any_rank(argv, world_size, message, capsys):
+    # What examples/slurm/common.sh runs on the first node before srun starts the job's ranks.
+    code = validate_launch(argv, world_size)
+    err = capsys.readouterr().err
+    if message is None:
+        assert (code, err) == (0, "")
+    else:
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, err

@@ -3,8 +3,9 @@
 They cover both launch modes (one task per rank, one torchrun per node), both ways SIGUSR1
 arrives (at the job steps, as ``--signal=USR1@120`` sends it; at the batch shell, as
 ``--signal=B:USR1@120`` does), the requeue and the resumed run, whose losses continue the
-uninterrupted run's, a ``scancel`` that saves and ends the job without a requeue, and fine-tuning
-from a pretrained run, stopped by ``exit_interval`` (no signal) and requeued as well. Skipped
+uninterrupted run's, a ``scancel`` that saves and ends the job without a requeue, fine-tuning
+from a pretrained run, stopped by ``exit_interval`` (no signal) and requeued as well, and a job with
+a bad key that fails before any rank starts, in one line. Skipped
 where SLURM's daemons are not installed (``.ci/run`` installs them on Debian).
 """
 
@@ -160,3 +161,16 @@ def test_finetune_job_starts_from_the_pretrained_run_and_resumes_from_its_own_ch
     assert "stopping after iteration 5: exit_interval" in text
     assert f"loaded {tmp_path / 'run' / 'iter_0000005'} (iteration 5)" in text
     assert tracker(tmp_path) == 10 and len(losses(tmp_path)) == 10
+
+
+def test_a_bad_key_fails_the_job_in_one_line_before_any_rank_starts(cluster, dataset, tmp_path):
+    # 2 ranks cannot hold tensor-parallel size 4: found by the first node's check, not by the ranks.
+    job = submit(cluster, "pretrain_gpt.sbatch", tmp_path, dataset, extra="--tensor-model-parallel-size 4")
+    info = cluster.wait(job, finished, timeout=120)
+    text = log(tmp_path)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0", f"{info}\n{text}"
+    errors = [line for line in text.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("headless-megatron pretrain: error: "), text
+    assert "the world size 2 is not divisible by tensor x pipeline model-parallel size = 4 x 1" in errors[0], text
+    assert "Traceback" not in text and "not starting the training step" in text
+    assert not (tmp_path / "run").exists()

@@ -3,7 +3,10 @@
 # file and call `train_and_requeue <headless-megatron subcommand> <flags...>`. Not a job by itself.
 #
 # What a job does, start to end:
-#   1. reads train_iters from the same flags the trainer gets (a wrong flag fails here, in a second);
+#   1. checks the flags, the config and the data for the job's ranks on the first node, as
+#      `--nproc-per-node` does before it starts ranks (a wrong flag or key, a missing dataset, a
+#      layout that does not divide the ranks: one line, exit 2, in seconds, before any rank or GPU
+#      starts), then reads train_iters from the same flags;
 #   2. starts the training step with `srun`, in the background, so that this shell can react to
 #      signals while it runs (bash runs a trap only after the foreground command returns);
 #   3. on SIGUSR1/SIGTERM to this shell (`--signal=B:USR1@120`, `scancel --batch`; `scancel`, the
@@ -131,6 +134,12 @@ train_and_requeue() {
     shift
     local train_iters started_at latest step_rc=0
     cd "$PROJECT_DIR" || exit
+    if ! on_first_node "$PYTHON" -c \
+        'import sys; from headless_megatron.cli import validate_launch; sys.exit(validate_launch(sys.argv[2:], int(sys.argv[1])))' \
+        "$((SLURM_NNODES * GPUS_PER_NODE))" "$subcommand" "$@"; then
+        echo "$(date '+%F %T') job $SLURM_JOB_ID: not starting the training step; fix the error above and submit again" >&2
+        exit 2
+    fi
     train_iters=$(on_first_node "$PYTHON" -c \
         'import sys; from headless_megatron.config import parse_config; print(parse_config(sys.argv[1:]).train_iters)' \
         "$@" | tail -n 1)

@@ -18,12 +18,11 @@ def add_arguments(parser) -> None:
     add_config_arguments(parser)
 
 
-def reject_unknown_arguments(unknown: list[str]) -> int:
+def reject_unknown_arguments(unknown: list[str]) -> None:
     """Raise the ``ConfigError`` that names the first unknown flag and the closest known one."""
     from headless_megatron.config import reject_unknown_flags
 
     reject_unknown_flags(unknown)
-    return 2
 
 
 def _config(args, command: str):
