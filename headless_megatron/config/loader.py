@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import functools
 import inspect
 import itertools
@@ -38,7 +37,14 @@ from typing import Any
 
 import yaml
 
-from headless_megatron.config.schema import ConfigError, TrainConfig, fail, field_types, required_fields
+from headless_megatron.config.schema import (
+    ConfigError,
+    TrainConfig,
+    fail,
+    field_defaults,
+    field_types,
+    required_fields,
+)
 from headless_megatron.config.validation import checked_value, closest
 
 # Megatron-LM arguments that are spelled differently here: key -> (field, value to give it or None).
@@ -157,7 +163,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help="YAML file of field: value pairs (see configs/); the flags below override it",
     )
     required = set(required_fields())
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = field_defaults()
     groups = {}
     for name, (section, doc) in field_docs().items():
         if section not in groups:

@@ -485,6 +485,11 @@ def field_types() -> dict[str, FieldType]:
     return types_by_name
 
 
+def field_defaults() -> dict[str, Any]:
+    """Each field's default value (``dataclasses.MISSING`` for a required field)."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
 def required_fields() -> list[str]:
     """The fields without a default, which every config must set."""
     return [

@@ -7,9 +7,7 @@ so that validating a config stays cheap.
 
 from __future__ import annotations
 
-import dataclasses
-
-from headless_megatron.config.schema import TrainConfig, fail
+from headless_megatron.config.schema import TrainConfig, fail, field_defaults
 
 # Keys of the masked-LM objective: a decoder learns every next token, so a value set here for a GPT
 # would be ignored without a word.
@@ -27,7 +25,7 @@ class GPTFamily:
     def validate(self, config: TrainConfig) -> None:
         if config.mlm_project_masked_only:
             fail("mlm_project_masked_only", "applies to model bert with loss ce only")
-        defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+        defaults = field_defaults()
         for key in _MASKED_LM_KEYS:
             if getattr(config, key) != defaults[key]:
                 fail(key, "applies to model bert only (a GPT learns every next token); remove it")
