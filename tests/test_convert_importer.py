@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from data_fixtures import tiny_builtin_dataset
 from safetensors.torch import load_file, save_file
 from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, megatron_logits, training_argv
 from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM
@@ -39,13 +38,8 @@ def random_llama(directory, tokenizer, tie: bool, max_shard_size: str = "50GB") 
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return tiny_builtin_dataset(tmp_path_factory.mktemp("data"), VOCAB, "python-topics")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(dataset):
-    return tokenizer_for_dataset(dataset)
+def tokenizer(topics_dataset):
+    return tokenizer_for_dataset(topics_dataset)
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +89,14 @@ def test_megatron_loads_it_with_the_logits_of_the_hf_model(imported, untied_mode
 
 def trainer_start_weights(argv: list[str]) -> dict[str, torch.Tensor]:
     """On one rank: the embedding and output layer a training run starts from."""
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-    from headless_megatron.training.loop import Trainer
+    from headless_megatron.training.loop import start_trainer
 
-    config = parse_config(argv)
-    stage = Trainer(config, init_distributed(ParallelLayout(), seed=config.seed)).model.module
+    stage = start_trainer(parse_config(argv)).model.module
     return {"embedding": stage.embedding.word_embeddings.weight.detach(), "head": stage.output_layer.weight.detach()}
 
 
-def test_fine_tuning_starts_from_the_imported_weights(imported, untied_model, dataset):
-    argv = training_argv(dataset, imported.parent / "finetuned", "--pretrained", str(imported), "--loss", "ce",
+def test_fine_tuning_starts_from_the_imported_weights(imported, untied_model, topics_dataset):
+    argv = training_argv(topics_dataset, imported.parent / "finetuned", "--pretrained", str(imported), "--loss", "ce",
                          "--untie-embeddings-and-output-weights", "--ffn-hidden-size", "96")
     start = run_on_ranks(trainer_start_weights, 1, args=(argv,), timeout=300)[0]
     weights = load_file(untied_model / "model.safetensors")

@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from test_training_loop import assert_losses_close, train
+from training_runs import assert_losses_close, train
 
 from headless_megatron.config import parse_config
 from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
@@ -17,12 +17,9 @@ def _train_with_fault(argv, fault, at_iteration, on_rank):
     """Train, injecting ``fault`` ("nan" or "sigusr1") on one rank while computing ``at_iteration``."""
     import torch.distributed as dist
 
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-    from headless_megatron.training.loop import Trainer
+    from headless_megatron.training.loop import start_trainer
 
-    config = parse_config(argv)
-    device = init_distributed(ParallelLayout(config.tensor_model_parallel_size, 1), seed=config.seed)
-    trainer = Trainer(config, device)
+    trainer = start_trainer(parse_config(argv))
     forward_step = trainer.forward_step
 
     def faulty_forward_step(data_iterator, model):

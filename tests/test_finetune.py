@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_training_loop import train
+from training_runs import train
 
 from headless_megatron.config import parse_config
 from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
@@ -13,21 +13,17 @@ FINETUNE = ["--loss", "ce", "--untie-embeddings-and-output-weights", "--lr", "1e
 
 
 @pytest.fixture(scope="module")
-def pretrained(dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("headless")
-    train(1, dataset, "--save", str(root), iters=20)
-    return root
+def pretrained(gpt_saved_run):
+    """The headless reference run's save directory (its last checkpoint: iteration 20)."""
+    return gpt_saved_run.directory
 
 
 def _initial_finetune_weights(argv):
     from megatron.core import parallel_state as ps
 
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-    from headless_megatron.training.loop import Trainer
+    from headless_megatron.training.loop import start_trainer
 
-    config = parse_config(argv)
-    device = init_distributed(ParallelLayout(config.tensor_model_parallel_size, 1), seed=config.seed)
-    stage = Trainer(config, device).model.module
+    stage = start_trainer(parse_config(argv)).model.module
     return {
         "tp_rank": ps.get_tensor_model_parallel_rank(),
         "head": stage.output_layer.weight.detach().clone(),

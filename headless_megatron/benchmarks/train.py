@@ -56,18 +56,11 @@ def _measure(argv: list[str], iters: int, warmup: int) -> dict | None:
     import torch.distributed as dist
 
     from headless_megatron.config import parse_config
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-    from headless_megatron.training.loop import Trainer, launch_world_size
+    from headless_megatron.training.loop import start_trainer
     from headless_megatron.training.metrics import peak_flops_per_device
 
     config = parse_config(argv)
-    config.validate(launch_world_size())
-    device = init_distributed(
-        ParallelLayout(config.tensor_model_parallel_size, config.pipeline_model_parallel_size,
-                       config.virtual_pipeline_model_parallel_size),
-        seed=config.seed,
-    )
-    trainer = Trainer(config, device)
+    trainer = start_trainer(config)
     data = trainer.train_data_iterator()
     seconds, flops, losses = [], [], []
     for step in range(warmup + iters):
@@ -81,7 +74,7 @@ def _measure(argv: list[str], iters: int, warmup: int) -> dict | None:
             seconds.append(time.perf_counter() - started)
             flops.append(step_flops)
             losses.append(loss)
-    peak = torch.tensor([_peak_memory_bytes()], dtype=torch.float64, device=device)
+    peak = torch.tensor([_peak_memory_bytes()], dtype=torch.float64, device=trainer.device)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     if dist.get_rank() != 0:
         return None

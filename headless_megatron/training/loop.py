@@ -75,8 +75,13 @@ def launch_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def pretrain(config: TrainConfig) -> RunSummary:
-    """Validate ``config`` for this launch, start the parallel runtime and train."""
+def start_trainer(config: TrainConfig) -> Trainer:
+    """Validate ``config`` for this launch, start the parallel runtime and build this rank's
+    :class:`Trainer` (model, optimizer, scheduler, data; the checkpoint to resume is loaded).
+
+    The one way to start training in a process: ``pretrain``, ``bench train`` and the tests that
+    drive a trainer step by step all start here, so what runs is what the CLI runs.
+    """
     kill_helpers_at_exit()
     config.validate(launch_world_size())
     device = init_distributed(
@@ -89,7 +94,14 @@ def pretrain(config: TrainConfig) -> RunSummary:
         timeout_minutes=config.distributed_timeout_minutes,
     )
     with naming_lost_ranks():
-        return Trainer(config, device).train()
+        return Trainer(config, device)
+
+
+def pretrain(config: TrainConfig) -> RunSummary:
+    """Validate ``config`` for this launch, start the parallel runtime and train."""
+    trainer = start_trainer(config)
+    with naming_lost_ranks():
+        return trainer.train()
 
 
 def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int, backend: str,
