@@ -21,6 +21,7 @@ from typing import Iterator
 
 import torch
 
+from headless_megatron.data.index_header import IndexHeader
 from headless_megatron.data.tokenizer import Tokenizer
 from headless_megatron.quiet import drop_log_records
 from headless_megatron.runtime.processes import ignore_stop_signals
@@ -80,18 +81,29 @@ def samples_per_split(config) -> tuple[int, int, int]:
 def check_data(config) -> None:
     """Refuse, in one line, data the run of ``config`` cannot train on: a missing, truncated or
     mismatched ``.bin``/``.idx``, or a split it reads that gets no document. Reads only the index
-    headers, so it runs before any model is built (and in the launcher, before any rank starts)."""
+    headers, without importing Megatron-Core, so it runs before any model is built (and in the
+    launcher, in a second, before any rank starts)."""
     if config.mock_data:
         return
-    from megatron.core.datasets.blended_megatron_dataset_config import (
-        convert_split_vector_to_split_matrix,
-        parse_and_normalize_split,
-    )
+    headers = {prefix: check_indexed_dataset(prefix) for prefix in config.data_blend()[0]}
+    _check_every_split_has_documents(config, split_bounds(config.split), samples_per_split(config), headers)
 
-    for prefix in config.data_blend()[0]:
-        check_indexed_dataset(prefix)
-    split_matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(config.split))
-    _check_every_split_has_documents(config, split_matrix, samples_per_split(config))
+
+def split_bounds(split: str) -> list[tuple[float, float] | None]:
+    """Megatron's split matrix of ``split`` ("969,30,1" -> the (start, end) fraction of the documents
+    of train, valid and test, None for an empty share), as its ``parse_and_normalize_split`` and
+    ``convert_split_vector_to_split_matrix`` compute it (a test checks that they agree)."""
+    import re
+
+    shares = [float(share) for share in re.findall(r"[.0-9]+", split)]
+    shares += [0.0] * (3 - len(shares))
+    total = sum(shares)
+    bounds, start = [], 0.0
+    for share in shares:
+        end = start + share / total
+        bounds.append((start, end) if end > start else None)
+        start = end
+    return bounds
 
 
 def build_gpt_datasets(config, tokenizer: Tokenizer | None):
@@ -134,53 +146,27 @@ def build_gpt_datasets(config, tokenizer: Tokenizer | None):
     return BlendedMegatronDatasetBuilder(dataset_class, list(samples), lambda: True, dataset_config).build()
 
 
-def check_indexed_dataset(prefix: str) -> None:
-    """Raise a one-line :class:`DataError` naming the file when ``prefix``'s ``.bin``/``.idx`` are
-    missing, unreadable or disagree (one cut short, or rewritten without the other)."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
+def check_indexed_dataset(prefix: str) -> IndexHeader:
+    """The header of ``prefix``'s index; a one-line :class:`DataError` naming the file when its
+    ``.bin``/``.idx`` are missing, unreadable or disagree (one cut short, or rewritten without the
+    other)."""
     from headless_megatron.data.errors import DataError
-    from headless_megatron.errors import first_line
+    from headless_megatron.data.index_header import IndexProblem, read_index_header
 
     for suffix in (".idx", ".bin"):
         if not Path(prefix + suffix).is_file():
             raise DataError(f"data_path: {prefix}{suffix} does not exist (give the prefix preprocess printed)")
-    problem = _index_size_problem(Path(prefix + ".idx"))
-    if problem:
-        raise DataError(f"{prefix}.idx: not a readable Megatron index, truncated or damaged ({problem})")
     try:
-        index = IndexedDataset(prefix).index
-    except Exception as error:  # noqa: BLE001 - numpy and struct errors of a damaged index alike
-        raise DataError(
-            f"{prefix}.idx: not a readable Megatron index, truncated or damaged ({first_line(error)})"
-        ) from error
-    expected = 0
-    if len(index.sequence_lengths):
-        expected = int(index.sequence_pointers[-1]) + int(index.sequence_lengths[-1]) * index.dtype_size
+        header = read_index_header(prefix + ".idx")
+    except IndexProblem as problem:
+        raise DataError(f"{prefix}.idx: not a readable Megatron index, truncated or damaged ({problem})") from None
     actual = Path(prefix + ".bin").stat().st_size
-    if actual != expected:
+    if actual != header.bin_bytes:
         raise DataError(
-            f"{prefix}.bin: {actual} bytes, but its .idx describes {expected}: one of them is truncated or "
+            f"{prefix}.bin: {actual} bytes, but its .idx describes {header.bin_bytes}: one of them is truncated or "
             "was rewritten without the other; preprocess the corpus again"
         )
-
-
-def _index_size_problem(path: Path) -> str | None:
-    """Why the ``.idx`` at ``path`` cannot be whole, from its header (Megatron's layout: magic, version,
-    dtype code, sequence and document counts, then int32 lengths, int64 pointers, int64 document
-    indices); checked before Megatron maps it, whose reader fails noisily on a short file."""
-    import struct
-
-    from megatron.core.datasets.indexed_dataset import _INDEX_HEADER
-
-    with path.open("rb") as stream:
-        header = stream.read(34)
-    if len(header) < 34 or header[:9] != _INDEX_HEADER:
-        return f"{len(header)}-byte header" if len(header) < 34 else "no Megatron index header"
-    sequences, documents = struct.unpack("<QQ", header[18:34])
-    expected = 34 + 12 * sequences + 8 * documents
-    actual = path.stat().st_size
-    return None if actual == expected else f"{actual} bytes, its header describes {expected}"
+    return header
 
 
 def _index_cache_directory(config) -> str:
@@ -203,18 +189,16 @@ def _index_cache_directory(config) -> str:
     return str(Path(root) / f"data-{identity.hexdigest()[:16]}")
 
 
-def _check_every_split_has_documents(config, split_matrix, samples) -> None:
+def _check_every_split_has_documents(config, bounds, samples, headers: dict[str, IndexHeader]) -> None:
     """Refuse a split that would get no document: Megatron's GPTDataset then loops forever
     looking for enough epochs (megatron-core 0.16.1)."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     from headless_megatron.config import ConfigError
 
-    for prefix in config.data_blend()[0]:
-        documents = len(IndexedDataset(prefix).document_indices) - 1
-        for name, bounds, wanted in zip(("train", "valid", "test"), split_matrix, samples):
+    for prefix, header in headers.items():
+        documents = header.documents
+        for name, split, wanted in zip(("train", "valid", "test"), bounds, samples):
             # The same rounding as BlendedMegatronDatasetBuilder uses to cut the documents.
-            if wanted and bounds and round(bounds[1] * documents) - round(bounds[0] * documents) <= 0:
+            if wanted and split and round(split[1] * documents) - round(split[0] * documents) <= 0:
                 raise ConfigError(
                     f"split: {config.split!r} leaves the {name} split of {prefix} ({documents} documents) "
                     f"empty; give it a larger share{' or set eval_iters 0' if name == 'valid' else ''}"
