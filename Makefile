@@ -6,9 +6,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CPU_TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# Two xdist workers on two cores (the suite is half waiting: on processes, signals, SLURM); the 50
+# slowest tests are listed at the end of each run.
+TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean
+.PHONY: install test test-slow demo clean
 
 install: $(STAMP)
 
@@ -20,7 +23,11 @@ $(STAMP): setup.py
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=50 $(PYTEST_ARGS)
+
+# The minutes-long checks (billion-parameter conversions), deselected by `make test`; CI runs both.
+test-slow: install
+	$(BIN)/python -m pytest -m slow --durations=10 $(PYTEST_ARGS)
 
 # The demo: tokenize the embedded corpus (Python's own documentation) with a BPE tokenizer trained
 # on it; pretrain the tiny headless GPT on 2 local ranks (tensor + sequence parallel); fine-tune it

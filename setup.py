@@ -46,8 +46,8 @@ setup(
         # Fused attention, fused LayerNorm-linear and FP8. apex is optional: build it from source
         # (https://github.com/NVIDIA/apex) for its fused Adam and norms; it is picked up when importable.
         "gpu": ["transformer-engine[pytorch]"],
-        "test": ["pytest>=8", "pytest-timeout", "ruff"],
-        "dev": ["pytest>=8", "pytest-timeout", "ruff"],
+        "test": ["pytest>=8", "pytest-timeout", "pytest-xdist", "ruff"],
+        "dev": ["pytest>=8", "pytest-timeout", "pytest-xdist", "ruff"],
     },
     entry_points={"console_scripts": ["headless-megatron=headless_megatron.cli:main"]},
     classifiers=[

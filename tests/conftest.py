@@ -1,3 +1,7 @@
+"""Session-wide fixtures: the tokenized tiny corpora and the reference training runs, each built once
+per session (per xdist worker) and shared by every test that reads them."""
+
+import os
 import sys
 from pathlib import Path
 
@@ -6,10 +10,45 @@ import pytest
 # The multi-rank helpers in tests/ are imported by name, in this process and in the forked ranks.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from data_fixtures import tiny_builtin_dataset  # noqa: E402  (needs the path above)
+from data_fixtures import TOPICS_VOCAB, tiny_builtin_dataset  # noqa: E402  (needs the path above)
+from training_runs import train_reference, train_saved_run  # noqa: E402
+
+# Under pytest-xdist the workers share the cores: each rank a test starts gets one intra-op thread
+# (run_on_ranks, torchrun and the fault runs read OMP_NUM_THREADS), not all the cores each.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
-    """Prefix of ``builtin:python-docs`` tokenized with a 512-id BPE tokenizer, built once per session."""
+    """Prefix of ``builtin:python-docs`` tokenized with a 512-id BPE tokenizer."""
     return tiny_builtin_dataset(tmp_path_factory.mktemp("pydocs"))
+
+
+@pytest.fixture(scope="session")
+def topics_dataset(tmp_path_factory):
+    """Prefix of ``builtin:python-topics`` tokenized with a ``TOPICS_VOCAB``-id BPE tokenizer (the
+    conversion tests: 79 long documents, a vocabulary that pads to 512)."""
+    return tiny_builtin_dataset(tmp_path_factory.mktemp("topics"), vocab_size=TOPICS_VOCAB, corpus="python-topics")
+
+
+@pytest.fixture(scope="session")
+def gpt_reference(dataset):
+    """The tiny headless GPT trained on one rank without a stop: the losses that other layouts,
+    resumed and restarted runs must reproduce."""
+    return train_reference(dataset)
+
+
+@pytest.fixture(scope="session")
+def gpt_saved_run(dataset, tmp_path_factory):
+    """The reference run saved at iterations 10 and 20 and stopped at 20: tests resume copies of it."""
+    return train_saved_run(dataset, tmp_path_factory.mktemp("gpt-saved") / "run")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the group markers
+def pytest_collection_modifyitems(config, items):
+    """The SLURM modules run on one xdist worker (their clusters would share this host), first."""
+    slurm = [item for item in items if item.module.__name__.startswith("test_slurm")]
+    for item in slurm:
+        item.add_marker(pytest.mark.xdist_group("slurm"))
+    items[:] = slurm + [item for item in items if item not in slurm]

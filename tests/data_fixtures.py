@@ -24,6 +24,9 @@ from headless_megatron.data.indexed import DatasetPaths
 from headless_megatron.data.preprocess import build_dataset, prepare_tokenizer
 from headless_megatron.data.sources import open_corpus
 
+TOPICS_VOCAB = 500
+"""The conversion tests' vocabulary on ``python-topics``: not a multiple of 128, so checkpoints pad it."""
+
 
 def tiny_builtin_dataset(directory: str | os.PathLike, vocab_size: int = 512, corpus: str = "python-docs") -> str:
     """Prefix of ``builtin:<corpus>`` tokenized by a BPE tokenizer of ``vocab_size`` trained on it."""

@@ -5,21 +5,16 @@ memory bound."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from headless_megatron.benchmarks.convert import round_trip
+from headless_megatron.commands.bench import main_for_tool
 
 
-def test_the_table_reports_a_sharded_bit_equal_round_trip():
-    done = subprocess.run(
-        [sys.executable, "-m", "headless_megatron", "bench", "convert", "--shapes", "tiny", "--max-shard-size", "40KB"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    header, _, row = done.stdout.strip().splitlines()[-3:]
+def test_the_table_reports_a_sharded_bit_equal_round_trip(capsys):
+    assert main_for_tool("convert", ["--shapes", "tiny", "--max-shard-size", "40KB"]) == 0
+    header, _, row = capsys.readouterr().out.strip().splitlines()[-3:]
     columns = [cell.strip() for cell in header.strip("|").split("|")]
     cells = dict(zip(columns, (cell.strip() for cell in row.strip("|").split("|")), strict=True))
     assert cells["shape"] == "tiny" and cells["shard GB"] == "0.00"

@@ -1,18 +1,13 @@
 """The layer-fusion benchmark: one row per fusion, its ratio, and differences that tell the fusions that
 compute the unfused function from the one that does not (tiny shapes)."""
 
-import subprocess
-import sys
+from headless_megatron.commands.bench import main_for_tool
 
 
-def test_table_has_every_fusion_with_its_ratio_and_difference():
-    done = subprocess.run(
-        [sys.executable, "-m", "headless_megatron", "bench", "layer", "--seq-length", "32", "--hidden-size", "64",
-         "--heads", "4", "--vocab-size", "256", "--iters", "1", "--warmup", "1"],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
+def test_table_has_every_fusion_with_its_ratio_and_difference(capsys):
+    assert main_for_tool("layer", ["--seq-length", "32", "--hidden-size", "64", "--heads", "4", "--vocab-size", "256",
+                                   "--iters", "1", "--warmup", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
     header = lines.index(next(line for line in lines if line.startswith("case ")))
     rows = {}
     for line in lines[header + 2:]:

@@ -1,12 +1,11 @@
 """The loss benchmark: shape parsing, id distributions and the printed table (tiny shapes)."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from headless_megatron.benchmarks.loss import Shape, target_ids
+from headless_megatron.commands.bench import main_for_tool
 
 
 def test_shape_parsing_and_errors():
@@ -26,14 +25,9 @@ def test_zipf_ids_repeat_like_text_and_uniform_ids_do_not():
     assert int(zipf.max()) < 50304
 
 
-def test_table_reports_both_sides_and_ratios():
-    done = subprocess.run(
-        [sys.executable, "-m", "headless_megatron", "bench", "loss", "--shape", "tiny:256x32x2048", "--ids", "zipf",
-         "--iters", "1"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    header, _, row = done.stdout.strip().splitlines()[-3:]
+def test_table_reports_both_sides_and_ratios(capsys):
+    assert main_for_tool("loss", ["--shape", "tiny:256x32x2048", "--ids", "zipf", "--iters", "1"]) == 0
+    header, _, row = capsys.readouterr().out.strip().splitlines()[-3:]
     assert header.split(" | ")[0].strip() == "shape" and "memory ratio" in header
     cells = [c.strip() for c in row.split(" | ")]
     assert cells[:3] == ["tiny 256x32x2048", "zipf", "256"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from test_training_loop import assert_losses_close
-from test_training_loop import train as train_decoder_or_encoder
+from training_runs import assert_losses_close
+from training_runs import train as train_decoder_or_encoder
 
 TINY = "configs/bert_headless_tiny.yaml"
 
@@ -28,13 +28,15 @@ def test_first_iterations_agree_across_layouts(layout, world, flags, dataset, si
 
 
 # The CWT loss starts near log K with the in-batch frequency prior built in (the log-count terms),
-# so unlike cross-entropy it has no quick unigram phase to lose: it falls more slowly at first.
-@pytest.mark.parametrize("flags, drop", [
-    ([], 0.15),
-    (["--loss", "ce"], 0.3),
-    (["--loss", "ce", "--mlm-project-masked-only", "--masking", "paper"], 0.3),
+# so unlike cross-entropy it has no quick unigram phase to lose: it falls more slowly at first and
+# needs 200 iterations to show it; cross-entropy shows it in 80. With --lr 1e-9 every case fails
+# (the means move by less than 0.03).
+@pytest.mark.parametrize("flags, iters, drop", [
+    ([], 200, 0.15),
+    (["--loss", "ce"], 80, 0.3),
+    (["--loss", "ce", "--mlm-project-masked-only", "--masking", "paper"], 80, 0.3),
 ], ids=["headless", "vanilla", "vanilla_sparse_paper_masking"])
-def test_loss_decreases_over_200_iterations(flags, drop, dataset):
-    losses = train(1, dataset, *flags, iters=200).losses
+def test_loss_decreases(flags, iters, drop, dataset):
+    losses = train(1, dataset, *flags, iters=iters).losses
     start, end = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     assert end < start - drop, f"mean loss {start:.3f} -> {end:.3f}"

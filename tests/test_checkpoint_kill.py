@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_training_loop import TINY, assert_losses_close, train
+from training_runs import TINY, assert_losses_close, train
 
 from headless_megatron.config import parse_config
 from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks

@@ -9,19 +9,16 @@ import json
 
 import pytest
 from fault_runs import FaultRun, pretrain_argv
-from test_training_loop import assert_losses_close, train
+from training_runs import REFERENCE_ITERS, assert_losses_close, train
 
 from headless_megatron.runtime.local_ranks import RankFailure
 from headless_megatron.training.checkpoint import TRACKER_FILE
 
 
 @pytest.fixture(scope="module")
-def saved_run(dataset, tmp_path_factory):
+def saved_run(gpt_saved_run, gpt_reference):
     """A run of 30 iterations stopped at 20, saved at 10 and 20, and the losses of the whole run."""
-    directory = tmp_path_factory.mktemp("saved")
-    train(1, dataset, "--save", str(directory / "run"), "--save-interval", "10", "--exit-interval", "20", iters=30)
-    full = train(1, dataset, iters=30)
-    return directory / "run", full.losses
+    return gpt_saved_run.directory, gpt_reference.losses
 
 
 def copy_of(run, tmp_path):
@@ -52,7 +49,7 @@ def test_without_a_tracker_the_newest_complete_checkpoint_is_resumed(saved_run, 
     run = copy_of(saved_run[0], tmp_path)
     (run / TRACKER_FILE).unlink()
     before = snapshot(run)
-    resumed = train(1, dataset, "--load", str(run), "--save", str(run), "--save-interval", "10", iters=30)
+    resumed = train(1, dataset, "--load", str(run), "--save", str(run), "--save-interval", "10", iters=REFERENCE_ITERS)
     assert resumed.iterations == 30 and len(resumed.losses) == 10  # from 20, not from 0
     assert_losses_close(resumed.losses, saved_run[1][20:], 1e-6, "resumed without a tracker")
     assert {k: v for k, v in snapshot(run).items() if not k.startswith("iter_0000030")} == before  # nothing overwritten
@@ -65,7 +62,8 @@ def test_without_a_tracker_a_truncated_newest_checkpoint_is_passed_over(saved_ru
     run = copy_of(saved_run[0], tmp_path)
     (run / TRACKER_FILE).unlink()
     truncate_largest_shard(run / "iter_0000020")
-    resumed = train(1, dataset, "--load", str(run), "--save", str(tmp_path / "next"), "--exit-interval", "12", iters=30)
+    resumed = train(1, dataset, "--load", str(run), "--save", str(tmp_path / "next"), "--exit-interval", "12",
+                    iters=REFERENCE_ITERS)
     assert resumed.iterations == 12 and len(resumed.losses) == 2  # from 10
 
 
@@ -76,10 +74,10 @@ def test_a_truncated_shard_of_the_latest_checkpoint_is_named_and_the_fallback_fl
     with pytest.raises(RankFailure, match=(
             rf"CheckpointError: {run / 'iter_0000020'}: incomplete checkpoint: {shard.name} is truncated \(\d+ of "
             r"\d+ bytes\); resume from the previous complete checkpoint with --load-fallback")):
-        train(1, dataset, "--load", str(run), "--save", str(run), iters=30)
+        train(1, dataset, "--load", str(run), "--save", str(run), iters=REFERENCE_ITERS)
     assert not (run / "iter_0000030").exists()
     resumed = train(1, dataset, "--load", str(run), "--save", str(run), "--load-fallback", "--exit-interval", "12",
-                    iters=30)
+                    iters=REFERENCE_ITERS)
     assert resumed.iterations == 12 and len(resumed.losses) == 2
     assert_losses_close(resumed.losses, saved_run[1][10:12], 1e-6, "fallen back to iteration 10")
 
@@ -98,7 +96,7 @@ def test_resuming_with_another_model_shape_is_one_line(saved_run, dataset, tmp_p
     with pytest.raises(RankFailure, match=rf"CheckpointError: {saved_run[0] / 'iter_0000020'}: cannot be loaded into "
                                           r"this model: .*shape"):
         train(1, dataset, "--load", str(saved_run[0]), "--save", str(tmp_path / "other"), "--hidden-size", "128",
-              iters=30)
+              iters=REFERENCE_ITERS)
     assert not (tmp_path / "other").exists()
 
 

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-from data_fixtures import tiny_builtin_dataset
 from test_convert_export import VOCAB, pretrain_each, training_argv
 
 from headless_megatron.convert import ConversionError
@@ -50,10 +49,9 @@ def megatron_full_tensors(iteration_directory: str, vocab_size: int) -> dict[str
 
 
 @pytest.fixture(scope="module")
-def save(tmp_path_factory):
-    dataset = tiny_builtin_dataset(tmp_path_factory.mktemp("data"), vocab_size=VOCAB, corpus="python-topics")
+def save(topics_dataset, tmp_path_factory):
     save = tmp_path_factory.mktemp("runs") / "tp2_pp2"
-    run_on_ranks(pretrain_each, 4, args=([training_argv(dataset, save, *TP2_PP2, *UNTIED)],), timeout=600)
+    run_on_ranks(pretrain_each, 4, args=([training_argv(topics_dataset, save, *TP2_PP2, *UNTIED)],), timeout=600)
     return save
 
 

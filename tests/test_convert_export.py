@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_fixtures import tiny_builtin_dataset
+from data_fixtures import TOPICS_VOCAB, tiny_builtin_dataset
 
 from headless_megatron.cli import main
 from headless_megatron.config import parse_config
@@ -30,7 +30,7 @@ OBJECTIVES = {  # export mode: the training that gives a checkpoint to export th
     "add_head": ["--loss", "cwt"],
     "lm": ["--loss", "ce", "--untie-embeddings-and-output-weights"],
 }
-VOCAB = 500  # the tokenizer's size; the checkpoints pad it to 512
+VOCAB = TOPICS_VOCAB  # the tokenizer's size; the checkpoints pad it to 512
 TOKENS = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(0))
 LOGITS_TOLERANCE = 1e-4
 
@@ -90,19 +90,14 @@ def hf_logits(directory: Path, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return tiny_builtin_dataset(tmp_path_factory.mktemp("data"), vocab_size=VOCAB, corpus="python-topics")
-
-
-@pytest.fixture(scope="module")
-def checkpoints(dataset, tmp_path_factory) -> dict[tuple[str, str], Path]:
+def checkpoints(topics_dataset, tmp_path_factory) -> dict[tuple[str, str], Path]:
     """Save directories by (layout, mode), trained by the real loop (each world size started once)."""
     root = tmp_path_factory.mktemp("runs")
     runs = {(layout, mode): root / f"{layout}_{mode}" for layout in LAYOUTS for mode in OBJECTIVES}
     argvs_by_world = defaultdict(list)
     for (layout, mode), save in runs.items():
         world, flags = LAYOUTS[layout]
-        argvs_by_world[world].append(training_argv(dataset, save, *flags, *OBJECTIVES[mode]))
+        argvs_by_world[world].append(training_argv(topics_dataset, save, *flags, *OBJECTIVES[mode]))
     for world, argvs in argvs_by_world.items():
         run_on_ranks(pretrain_each, world, args=(argvs,), timeout=900)
     return runs

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from data_fixtures import tiny_builtin_dataset
 from safetensors.torch import load_file
 from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, pretrain_each
 from transformers import MegatronBertConfig, MegatronBertForMaskedLM, MegatronBertModel
@@ -148,12 +147,11 @@ def training_argv(dataset: str, save, *flags: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    dataset = tiny_builtin_dataset(tmp_path_factory.mktemp("data"), vocab_size=VOCAB, corpus="python-topics")
+def checkpoints(topics_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     runs = {"headless": root / "headless_tp2", "vanilla": root / "vanilla_pp2"}
-    argvs = [training_argv(dataset, runs["headless"], "--tensor-model-parallel-size", "2"),
-             training_argv(dataset, runs["vanilla"], "--pipeline-model-parallel-size", "2", "--loss", "ce")]
+    argvs = [training_argv(topics_dataset, runs["headless"], "--tensor-model-parallel-size", "2"),
+             training_argv(topics_dataset, runs["vanilla"], "--pipeline-model-parallel-size", "2", "--loss", "ce")]
     run_on_ranks(pretrain_each, 2, args=(argvs,), timeout=900)
     return runs
 

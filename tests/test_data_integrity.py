@@ -4,7 +4,7 @@ cached for the old one: the cache folder is keyed by the files' identity."""
 from __future__ import annotations
 
 from test_hangs import small_dataset
-from test_training_loop import train
+from training_runs import train
 
 
 def test_a_dataset_preprocessed_again_under_the_same_prefix_gets_fresh_indices(dataset, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import LocalSlurm, slurm_missing_reason
-from test_training_loop import assert_losses_close
+from training_runs import assert_losses_close
 
 if slurm_missing_reason():
     pytest.skip(slurm_missing_reason(), allow_module_level=True)

@@ -25,7 +25,7 @@ if slurm_missing_reason() or namespaces_missing_reason():
     pytest.skip(slurm_missing_reason() or namespaces_missing_reason(), allow_module_level=True)
 
 from test_slurm import finished, log, losses, metrics, restart_when_requeued, tracker  # noqa: E402
-from test_training_loop import assert_losses_close  # noqa: E402
+from training_runs import assert_losses_close  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PRETRAIN = REPO / "examples" / "slurm" / "pretrain_gpt.sbatch"

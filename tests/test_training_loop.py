@@ -7,41 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from training_runs import REFERENCE_ITERS, TINY, assert_losses_close, train
 
 from headless_megatron.config import ConfigError, parse_config
-from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
+from headless_megatron.runtime.local_ranks import RankFailure
 from headless_megatron.training.loop import pretrain
-
-TINY = "configs/gpt_headless_tiny.yaml"
-
-
-def _pretrain(argv):
-    summary = pretrain(parse_config(argv))
-    return summary if _is_rank_zero() else None
-
-
-def _is_rank_zero():
-    import torch.distributed as dist
-
-    return dist.get_rank() == 0
-
-
-def train(world_size: int, dataset: str, *flags: str, iters: int = 10, config: str = TINY):
-    argv = ["--config", config, "--data-path", dataset, "--train-iters", str(iters), "--lr-warmup-iters", "2",
-            "--eval-iters", "0", "--num-workers", "0", "--log-interval", "5", "--save", "none", *flags]
-    return run_on_ranks(_pretrain, world_size, args=(argv,), timeout=600)[0]
-
-
-def assert_losses_close(actual, expected, rtol, what):
-    assert len(actual) == len(expected), what
-    worst = max(abs(a - e) / abs(e) for a, e in zip(actual, expected))
-    assert worst <= rtol, f"{what}: worst relative difference {worst:.2e} > {rtol:.0e}"
-
-
-@pytest.fixture(scope="module")
-def single_process_run(dataset):
-    return train(1, dataset)
-
 
 LAYOUTS = {  # name: (world size, flags)
     "tp2_sp": (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
@@ -52,45 +22,49 @@ LAYOUTS = {  # name: (world size, flags)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_first_iterations_agree_across_layouts(layout, dataset, single_process_run):
+def test_first_iterations_agree_across_layouts(layout, dataset, gpt_reference):
     world, flags = LAYOUTS[layout]
-    run = train(world, dataset, *flags)
-    assert_losses_close(run.losses, single_process_run.losses, 1e-4, layout)
+    run = train(world, dataset, *flags, "--exit-interval", "10", iters=REFERENCE_ITERS)
+    assert run.iterations == 10 and run.stopped_by == "exit_interval"
+    assert_losses_close(run.losses, gpt_reference.losses[:10], 1e-4, layout)
 
 
-def test_resume_continues_exactly_in_the_same_and_in_another_layout(dataset, tmp_path):
-    full = train(1, dataset, iters=20)
-    first = train(1, dataset, "--save", str(tmp_path / "run"), "--exit-interval", "10", iters=20)
-    assert first.iterations == 10 and Path(first.checkpoint).name == "iter_0000010"
-    shutil.copytree(tmp_path / "run", tmp_path / "at10")  # the TP1 resume below saves iteration 20 there
-    same = train(1, dataset, "--save", str(tmp_path / "run"), "--load", str(tmp_path / "run"), iters=20)
-    assert_losses_close(same.losses, full.losses[10:], 1e-6, "resumed at TP1")
-    other = train(2, dataset, "--load", str(tmp_path / "at10"), "--save", str(tmp_path / "tp2"),
-                  "--tensor-model-parallel-size", "2", "--sequence-parallel", iters=20)
-    assert_losses_close(other.losses, full.losses[10:], 1e-4, "resumed at TP2+SP")
+def test_resume_continues_exactly_in_the_same_and_in_another_layout(dataset, gpt_reference, gpt_saved_run, tmp_path):
+    stopped = gpt_saved_run.summary
+    assert stopped.iterations == 20 and Path(stopped.checkpoint).name == "iter_0000020"
+    assert_losses_close(stopped.losses, gpt_reference.losses[:20], 1e-6, "the saved run until its stop")
+    run = tmp_path / "run"
+    shutil.copytree(gpt_saved_run.directory, run)
+    shutil.copytree(run, tmp_path / "at20")  # the TP1 resume below saves iteration 30 in run
+    same = train(1, dataset, "--save", str(run), "--load", str(run), iters=REFERENCE_ITERS)
+    assert_losses_close(same.losses, gpt_reference.losses[20:], 1e-6, "resumed at TP1")
+    other = train(2, dataset, "--load", str(tmp_path / "at20"), "--save", str(tmp_path / "tp2"),
+                  "--tensor-model-parallel-size", "2", "--sequence-parallel", iters=REFERENCE_ITERS)
+    assert_losses_close(other.losses, gpt_reference.losses[20:], 1e-4, "resumed at TP2+SP")
 
 
 def _first_and_last(losses, n=20):
     return sum(losses[:n]) / n, sum(losses[-n:]) / n
 
 
-def test_headless_loss_decreases_over_200_iterations_with_validation_and_metrics(dataset, tmp_path):
-    run = train(1, dataset, "--save", str(tmp_path), "--eval-iters", "2", "--eval-interval", "100",
-                "--save-interval", "100", "--log-interval", "10", iters=200)
+def test_headless_loss_decreases_over_80_iterations_with_validation_and_metrics(dataset, tmp_path):
+    # With --lr 1e-9 the means stay within 0.01 of each other and every assertion on the loss fails.
+    run = train(1, dataset, "--save", str(tmp_path), "--eval-iters", "2", "--eval-interval", "40",
+                "--save-interval", "40", "--log-interval", "10", iters=80)
     start, end = _first_and_last(run.losses)
-    assert end < start - 1.0, f"mean loss {start:.3f} -> {end:.3f}"
+    assert end < start - 0.5, f"mean loss {start:.3f} -> {end:.3f}"
     # Steadily: no 20-iteration window is clearly worse than the one before it.
-    windows = [sum(run.losses[i : i + 20]) / 20 for i in range(0, 200, 20)]
+    windows = [sum(run.losses[i : i + 20]) / 20 for i in range(0, 80, 20)]
     assert all(later < earlier + 0.05 for earlier, later in zip(windows, windows[1:])), windows
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "loss" in r]
-    assert [r["iteration"] for r in train_records] == list(range(10, 201, 10))
+    assert [r["iteration"] for r in train_records] == list(range(10, 81, 10))
     for field in ("loss", "lr", "grad_norm", "tokens_per_sec", "tflops_per_device"):
         assert all(isinstance(r[field], float) and r[field] > 0 for r in train_records), field
     val = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(val) == 2 and val[1] < val[0]
-    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text().strip() == "200"
-    assert sorted(p.name for p in tmp_path.glob("iter_*")) == ["iter_0000100", "iter_0000200"]
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text().strip() == "80"
+    assert sorted(p.name for p in tmp_path.glob("iter_*")) == ["iter_0000040", "iter_0000080"]
 
 
 def test_vanilla_cross_entropy_baseline_learns_and_reports_the_same_fields(dataset, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from test_training_loop import assert_losses_close, train
+from training_runs import assert_losses_close, train
 
 VPP = ["--pipeline-model-parallel-size", "2", "--virtual-pipeline-model-parallel-size", "2"]
 BERT = "configs/bert_headless_tiny.yaml"

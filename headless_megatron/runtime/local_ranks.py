@@ -67,8 +67,11 @@ def _rank_entry(fn, rank, world_size, port, args, kwargs, extra_env, results):
     os.environ.update(extra_env)
     import torch
 
-    # Oversubscribing the cores with intra-op threads makes gloo collectives crawl.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    # Oversubscribing the cores with intra-op threads makes gloo collectives crawl. OMP_NUM_THREADS,
+    # when set, is the share of the cores this caller has (torchrun reads it the same way).
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0
+                          else max(1, (os.cpu_count() or 1) // world_size))
     try:
         value = fn(*args, **kwargs)
         results.put((rank, True, pickle.dumps(value)))
