@@ -45,10 +45,7 @@ def gpt_saved_run(dataset, tmp_path_factory):
     return train_saved_run(dataset, tmp_path_factory.mktemp("gpt-saved") / "run")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the group markers
 def pytest_collection_modifyitems(config, items):
-    """The SLURM modules run on one xdist worker (their clusters would share this host), first."""
-    slurm = [item for item in items if item.module.__name__.startswith("test_slurm")]
-    for item in slurm:
-        item.add_marker(pytest.mark.xdist_group("slurm"))
+    """The SLURM tests first: they are one xdist group (``pytestmark`` in their modules), the longest."""
+    slurm = [item for item in items if item.get_closest_marker("xdist_group")]
     items[:] = slurm + [item for item in items if item not in slurm]

@@ -20,6 +20,9 @@ import pytest
 from slurm_cluster import LocalSlurm, slurm_missing_reason
 from training_runs import assert_losses_close
 
+# One xdist worker runs every SLURM test: two clusters on this host would share the job ports.
+pytestmark = pytest.mark.xdist_group("slurm")
+
 if slurm_missing_reason():
     pytest.skip(slurm_missing_reason(), allow_module_level=True)
 

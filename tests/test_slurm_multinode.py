@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 from slurm_cluster import TwoNodeSlurm, namespaces_missing_reason, slurm_missing_reason
 
+# One xdist worker runs every SLURM test: two clusters on this host would share the job ports.
+pytestmark = pytest.mark.xdist_group("slurm")
+
 if slurm_missing_reason() or namespaces_missing_reason():
     pytest.skip(slurm_missing_reason() or namespaces_missing_reason(), allow_module_level=True)
 
