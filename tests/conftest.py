@@ -48,13 +48,21 @@ def gpt_saved_run(dataset, tmp_path_factory):
 _UNGROUPED: set[str] = set()
 
 
-@pytest.hookimpl(trylast=True)  # after pytest-xdist has tagged the grouped tests
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup`` a module's tests run on one worker, so that its module-scoped
+    fixtures (trained checkpoints, tokenizers) are built once; the SLURM modules share one group."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def pytest_collection_finish(session):
     """Find grouped tests that pytest-xdist's ``loadgroup`` could not tag: it appends ``@group`` to
     their node ids, which pytest 9.2 no longer lets it do, and they would then run on both workers
     at once (two SLURM clusters colliding on the job ports). setup.py pins pytest below 9.2."""
-    if config.getoption("loadgroup", False):
-        _UNGROUPED.update(item.nodeid for item in items
+    if session.config.getoption("loadgroup", False):
+        _UNGROUPED.update(item.nodeid for item in session.items
                           if item.get_closest_marker("xdist_group") and "@" not in item.nodeid)
 
 
