@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fault_runs import FaultRun, pretrain_argv
-from training_runs import REFERENCE_ITERS, assert_losses_close, train
+from training_runs import REFERENCE_ITERS, assert_losses_close, train, train_printing
 
 from headless_megatron.runtime.local_ranks import RankFailure
 from headless_megatron.training.checkpoint import TRACKER_FILE
@@ -102,14 +101,13 @@ def test_resuming_with_another_model_shape_is_one_line(saved_run, dataset, tmp_p
 
 def test_load_equal_to_save_without_a_checkpoint_says_it_starts_fresh_and_wandb_keeps_its_run_id(dataset, tmp_path):
     save = tmp_path / "run"
-    flags = ("--load", str(save), "--wandb-project", "faults", "--wandb-mode", "offline")
-    first = FaultRun(pretrain_argv(dataset, save, *flags, "--exit-interval", "3", iters=6),
-                     tmp_path / "first").finish(timeout=120)
-    assert first.code == 0, first.stderr[-3000:]
-    assert f"load: no checkpoint in {save} yet; starting from iteration 0" in first.stdout
+    flags = ("--save", str(save), "--load", str(save), "--wandb-project", "faults", "--wandb-mode", "offline")
+    first, printed = train_printing(1, dataset, *flags, "--exit-interval", "3", iters=6)
+    assert first.iterations == 3 and f"load: no checkpoint in {save} yet; starting from iteration 0" in printed
     run_id = (save / "wandb_run_id.txt").read_text().strip()
-    second = FaultRun(pretrain_argv(dataset, save, *flags, iters=6), tmp_path / "second").finish(timeout=120)
-    assert second.code == 0 and f"loaded {save / 'iter_0000003'} (iteration 3)" in second.stdout, second.stderr[-3000:]
+    # The requeued job: a new process that finds the checkpoint and the run id.
+    second, printed = train_printing(1, dataset, *flags, iters=6)
+    assert second.iterations == 6 and f"loaded {save / 'iter_0000003'} (iteration 3)" in printed, printed
     assert (save / "wandb_run_id.txt").read_text().strip() == run_id
     runs = sorted(path.name for path in (save / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(name.endswith(f"-{run_id}") for name in runs), runs

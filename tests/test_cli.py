@@ -59,10 +59,7 @@ def test_check_trains_on_two_ranks_with_tensor_and_sequence_parallelism():
     assert done.stdout.count("check passed") == 1
 
 
-def test_pretrain_on_two_ranks_prints_where_checkpoint_and_metrics_are(tmp_path):
-    from data_fixtures import tiny_builtin_dataset
-
-    dataset = tiny_builtin_dataset(tmp_path / "data")
+def test_pretrain_on_two_ranks_prints_where_checkpoint_and_metrics_are(dataset, tmp_path):
     done = _cli("pretrain", "--nproc-per-node", "2", "--config", "configs/gpt_headless_tiny.yaml",
                 "--data-path", dataset, "--train-iters", "4", "--lr-warmup-iters", "1", "--eval-iters", "0",
                 "--num-workers", "0", "--save", str(tmp_path / "run"))

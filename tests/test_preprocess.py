@@ -23,11 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def pydocs(tmp_path_factory):
-    return tiny_builtin_dataset(tmp_path_factory.mktemp("pydocs"))
-
-
-@pytest.fixture(scope="module")
 def topics_tokenizer(tmp_path_factory):
     """A BPE tokenizer directory trained on builtin:python-topics, for runs given --tokenizer."""
     prefix = tmp_path_factory.mktemp("tokenizer") / "topics"
@@ -49,15 +44,15 @@ def _outputs(directory):
     return sorted(path.name for path in Path(directory).iterdir() if not path.name.endswith((".jsonl", ".txt")))
 
 
-def test_every_document_decodes_back_to_its_text_and_counts_match_the_sidecar(pydocs):
-    dataset, info, tokenizer = IndexedDataset(pydocs), read_sidecar(f"{pydocs}.json"), tokenizer_for_dataset(pydocs)
+def test_every_document_decodes_back_to_its_text_and_counts_match_the_sidecar(dataset):
+    indexed, info, tokenizer = IndexedDataset(dataset), read_sidecar(f"{dataset}.json"), tokenizer_for_dataset(dataset)
     documents = list(builtin_documents("python-docs"))
-    assert len(dataset) == info.documents == len(documents)
-    assert dataset.sequence_lengths.sum() == info.tokens
-    assert dataset.document_indices.tolist() == list(range(len(documents) + 1))
-    assert info.dtype == "uint16" == dataset.index.dtype.__name__ and info.tokenizer["vocab_size"] == 512
+    assert len(indexed) == info.documents == len(documents)
+    assert indexed.sequence_lengths.sum() == info.tokens
+    assert indexed.document_indices.tolist() == list(range(len(documents) + 1))
+    assert info.dtype == "uint16" == indexed.index.dtype.__name__ and info.tokenizer["vocab_size"] == 512
     for number, text in enumerate(documents):
-        ids = dataset[number]
+        ids = indexed[number]
         assert ids[-1] == tokenizer.eod and tokenizer.eod not in ids[:-1]
         assert tokenizer.detokenize(ids[:-1]) == text
     assert info.source == {"inputs": ["builtin:python-docs"], "shard": None,
@@ -66,10 +61,10 @@ def test_every_document_decodes_back_to_its_text_and_counts_match_the_sidecar(py
     assert info.tokenizer["path"] == "python-docs-bpe512_tokenizer"
 
 
-def test_gpt_dataset_samples_real_text(pydocs, tmp_path):
-    tokenizer = tokenizer_for_dataset(pydocs)
+def test_gpt_dataset_samples_real_text(dataset, tmp_path):
+    tokenizer = tokenizer_for_dataset(dataset)
     config = GPTDatasetConfig(
-        random_seed=1234, sequence_length=64, blend=([pydocs], None), split="98,2,0", tokenizer=tokenizer,
+        random_seed=1234, sequence_length=64, blend=([dataset], None), split="98,2,0", tokenizer=tokenizer,
         reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, path_to_cache=str(tmp_path),
         mid_level_dataset_surplus=0.005,
     )

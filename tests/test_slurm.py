@@ -20,7 +20,8 @@ import pytest
 from slurm_cluster import LocalSlurm, slurm_missing_reason
 from training_runs import assert_losses_close
 
-# One xdist worker runs every SLURM test: two clusters on this host would share the job ports.
+# One xdist worker runs these tests: two single-node clusters on this host would share the job ports
+# (the two-node cluster of test_slurm_multinode.py meets in its own network namespaces).
 pytestmark = pytest.mark.xdist_group("slurm")
 
 if slurm_missing_reason():

@@ -34,11 +34,32 @@ def _pretrain(argv):
     return summary if dist.get_rank() == 0 else None
 
 
+def _pretrain_printing(argv):
+    import contextlib
+    import io
+
+    import torch.distributed as dist
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        summary = pretrain(parse_config(argv))
+    return (summary, printed.getvalue()) if dist.get_rank() == 0 else None
+
+
+def _argv(dataset: str, flags, iters: int, config: str) -> list[str]:
+    return ["--config", config, "--data-path", dataset, "--train-iters", str(iters), "--lr-warmup-iters", "2",
+            "--eval-iters", "0", "--num-workers", "0", "--log-interval", "5", "--save", "none", *flags]
+
+
 def train(world_size: int, dataset: str, *flags: str, iters: int = 10, config: str = TINY) -> RunSummary:
     """Pretrain ``config`` on ``dataset`` for ``iters`` iterations (no save unless ``flags`` say so)."""
-    argv = ["--config", config, "--data-path", dataset, "--train-iters", str(iters), "--lr-warmup-iters", "2",
-            "--eval-iters", "0", "--num-workers", "0", "--log-interval", "5", "--save", "none", *flags]
-    return run_on_ranks(_pretrain, world_size, args=(argv,), timeout=600)[0]
+    return run_on_ranks(_pretrain, world_size, args=(_argv(dataset, flags, iters, config),), timeout=600)[0]
+
+
+def train_printing(world_size: int, dataset: str, *flags: str, iters: int = 10,
+                   config: str = TINY) -> tuple[RunSummary, str]:
+    """``train``, and what rank 0 printed on its standard output."""
+    return run_on_ranks(_pretrain_printing, world_size, args=(_argv(dataset, flags, iters, config),), timeout=600)[0]
 
 
 def assert_losses_close(actual, expected, rtol, what):
