@@ -51,7 +51,7 @@ _UNGROUPED: set[str] = set()
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under ``--dist loadgroup`` a module's tests run on one worker, so that its module-scoped
-    fixtures (trained checkpoints, tokenizers) are built once; the SLURM modules share one group."""
+    fixtures (trained checkpoints, tokenizers, a SLURM cluster) are built once."""
     for item in items:
         if not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
@@ -60,7 +60,8 @@ def pytest_collection_modifyitems(config, items):
 def pytest_collection_finish(session):
     """Find grouped tests that pytest-xdist's ``loadgroup`` could not tag: it appends ``@group`` to
     their node ids, which pytest 9.2 no longer lets it do, and they would then run on both workers
-    at once (two SLURM clusters colliding on the job ports). setup.py pins pytest below 9.2."""
+    at once (two single-node SLURM clusters colliding on the job ports). setup.py pins pytest below
+    9.2."""
     if session.config.getoption("loadgroup", False):
         _UNGROUPED.update(item.nodeid for item in session.items
                           if item.get_closest_marker("xdist_group") and "@" not in item.nodeid)
