@@ -51,7 +51,8 @@ _UNGROUPED: set[str] = set()
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under ``--dist loadgroup`` a module's tests run on one worker, so that its module-scoped
-    fixtures (trained checkpoints, tokenizers, a SLURM cluster) are built once."""
+    fixtures (trained checkpoints, tokenizers, a SLURM cluster) are built once; the SLURM modules
+    are one group of their own (``pytestmark`` there)."""
     for item in items:
         if not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))

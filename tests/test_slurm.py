@@ -20,8 +20,8 @@ import pytest
 from slurm_cluster import LocalSlurm, slurm_missing_reason
 from training_runs import assert_losses_close
 
-# One xdist worker runs these tests: two single-node clusters on this host would share the job ports
-# (the two-node cluster of test_slurm_multinode.py meets in its own network namespaces).
+# One xdist worker runs every SLURM test, one cluster at a time: concurrent jobs of two clusters
+# would slow each other past the fault tests' timeouts (and two single-node clusters share job ports).
 pytestmark = pytest.mark.xdist_group("slurm")
 
 if slurm_missing_reason():

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from slurm_cluster import TwoNodeSlurm, namespaces_missing_reason, slurm_missing_reason
 
-# One xdist worker runs these tests (one two-node cluster); its ranks meet in their own network
-# namespaces, so it may run beside test_slurm.py's single-node cluster.
-pytestmark = pytest.mark.xdist_group("slurm-two-nodes")
+# One xdist worker runs every SLURM test, one cluster at a time: concurrent jobs of two clusters
+# would slow each other past the fault tests' timeouts (and two single-node clusters share job ports).
+pytestmark = pytest.mark.xdist_group("slurm")
 
 if slurm_missing_reason() or namespaces_missing_reason():
     pytest.skip(slurm_missing_reason() or namespaces_missing_reason(), allow_module_level=True)
