@@ -1,6 +1,5 @@
 """The loss benchmark: shape parsing, id distributions and the printed table (tiny shapes)."""
 
-
 import pytest
 import torch
 

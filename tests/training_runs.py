@@ -27,23 +27,19 @@ REFERENCE_ITERS = 30
 """``train_iters`` of the reference runs: every run compared with them uses the same schedule."""
 
 
-def _pretrain(argv):
-    import torch.distributed as dist
-
-    summary = pretrain(parse_config(argv))
-    return summary if dist.get_rank() == 0 else None
-
-
-def _pretrain_printing(argv):
+def _pretrain(argv, printing: bool = False):
+    """On each rank: pretrain; rank 0 returns its summary (and, when ``printing``, its stdout)."""
     import contextlib
     import io
 
     import torch.distributed as dist
 
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed) if printing else contextlib.nullcontext():
         summary = pretrain(parse_config(argv))
-    return (summary, printed.getvalue()) if dist.get_rank() == 0 else None
+    if dist.get_rank() != 0:
+        return None
+    return (summary, printed.getvalue()) if printing else summary
 
 
 def _argv(dataset: str, flags, iters: int, config: str) -> list[str]:
@@ -59,7 +55,8 @@ def train(world_size: int, dataset: str, *flags: str, iters: int = 10, config: s
 def train_printing(world_size: int, dataset: str, *flags: str, iters: int = 10,
                    config: str = TINY) -> tuple[RunSummary, str]:
     """``train``, and what rank 0 printed on its standard output."""
-    return run_on_ranks(_pretrain_printing, world_size, args=(_argv(dataset, flags, iters, config),), timeout=600)[0]
+    argv = _argv(dataset, flags, iters, config)
+    return run_on_ranks(_pretrain, world_size, args=(argv,), kwargs={"printing": True}, timeout=600)[0]
 
 
 def assert_losses_close(actual, expected, rtol, what):

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from headless_megatron.data.index_header import IndexHeader
+from headless_megatron.data.index_header import IndexHeader, IndexProblem, read_index_header
 from headless_megatron.data.tokenizer import Tokenizer
 from headless_megatron.quiet import drop_log_records
 from headless_megatron.runtime.processes import ignore_stop_signals
@@ -151,7 +151,6 @@ def check_indexed_dataset(prefix: str) -> IndexHeader:
     ``.bin``/``.idx`` are missing, unreadable or disagree (one cut short, or rewritten without the
     other)."""
     from headless_megatron.data.errors import DataError
-    from headless_megatron.data.index_header import IndexProblem, read_index_header
 
     for suffix in (".idx", ".bin"):
         if not Path(prefix + suffix).is_file():
