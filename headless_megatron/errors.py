@@ -35,6 +35,12 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def first_few(names: list[str], shown: int = 5) -> str:
+    """Up to ``shown`` names, and how many more: a one-line message even for a whole model's worth."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def report_user_error(prog: str, error: UserError) -> int:
     """Print ``<prog>: error: <message>`` on stderr (once per launch of several local ranks, by the
     first rank that fails) and return :data:`EXIT_BAD_INPUT`."""

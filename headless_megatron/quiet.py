@@ -3,7 +3,7 @@ message and origin, each with the reason it is safe to hide.
 
 :func:`quiet_known_warnings` installs the filters in this process and exports them in
 ``PYTHONWARNINGS``, so that the interpreters it starts apply them before their first import of
-Megatron (torchrun's ranks, ``run_on_ranks``' fork server, the checkpoint writer's and tokenizer
+Megatron (torchrun's ranks, ``run_local_ranks``' fork server, the checkpoint writer's and tokenizer
 workers' spawned processes). Log records are dropped where their logger is used
 (:func:`drop_log_records`). ``headless-megatron --verbose`` shows all of it again, in every process
 of the run (:data:`VERBOSE_VARIABLE`).

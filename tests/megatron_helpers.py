@@ -1,6 +1,6 @@
 """Tiny Megatron-Core models and one training step, shared by the multi-rank tests.
 
-Everything here runs inside a rank started by ``headless_megatron.runtime.local_ranks.run_on_ranks``.
+Everything here runs inside a rank started by ``local_ranks.run_on_ranks`` (tests/local_ranks.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from headless_megatron.models.bert import build_bert_stage
-from headless_megatron.models.gpt import build_gpt_stage
+from headless_megatron.models.bert.model import build_bert_stage
+from headless_megatron.models.gpt.model import build_gpt_stage
 
 VOCAB = 128
 SEQ = 16

@@ -8,17 +8,18 @@ import dataclasses
 import megatron_helpers as mh
 import pytest
 import torch
+from local_ranks import run_on_ranks
 from megatron.core import parallel_state as ps
 from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 
+from headless_megatron.config import ParallelLayout
 from headless_megatron.models.attention import SDPAttention
-from headless_megatron.models.bert import HeadlessBertModel, make_bert_norms_sequence_parallel_capable
+from headless_megatron.models.bert.model import HeadlessBertModel, make_bert_norms_sequence_parallel_capable
 from headless_megatron.models.init import initialize_layout_independent
 from headless_megatron.models.specs import gpt_block_spec, local_layer_spec
-from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-from headless_megatron.runtime.local_ranks import run_on_ranks
+from headless_megatron.runtime.distributed import init_distributed
 
 
 def _relative_error(actual, expected):

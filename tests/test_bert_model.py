@@ -5,12 +5,13 @@ from __future__ import annotations
 import megatron_helpers as mh
 import pytest
 import torch
+from local_ranks import run_on_ranks
 from test_cwt import reference
 
+from headless_megatron.config import ParallelLayout
 from headless_megatron.cwt import CWTOptions
-from headless_megatron.models.bert import build_bert_stage
-from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-from headless_megatron.runtime.local_ranks import run_on_ranks
+from headless_megatron.models.bert.model import build_bert_stage
+from headless_megatron.runtime.distributed import init_distributed
 
 BATCH = 2
 

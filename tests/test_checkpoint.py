@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import megatron_helpers as mh
 import pytest
+from local_ranks import run_on_ranks
 
-from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-from headless_megatron.runtime.local_ranks import run_on_ranks
-from headless_megatron.training.checkpoint import (
-    TRACKER_FILE,
-    CheckpointError,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from headless_megatron.config import ParallelLayout
+from headless_megatron.runtime.distributed import init_distributed
+from headless_megatron.training.checkpoint import load_checkpoint, save_checkpoint
+from headless_megatron.training.run_directory import TRACKER_FILE, CheckpointError, latest_checkpoint
 
 
 def _save_twice_then_load(root):

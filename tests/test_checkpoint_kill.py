@@ -14,12 +14,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from local_ranks import RankFailure, run_on_ranks
 from training_runs import TINY, assert_losses_close, train
 
 from headless_megatron.config import parse_config
-from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
-from headless_megatron.training.checkpoint import CheckpointError, latest_checkpoint
 from headless_megatron.training.loop import pretrain
+from headless_megatron.training.run_directory import CheckpointError, latest_checkpoint
 
 
 def _pretrain_killing_a_rank_in_save(argv, iteration, pid_file):

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from local_ranks import RankFailure
 from training_runs import REFERENCE_ITERS, assert_losses_close, train, train_printing
 
-from headless_megatron.runtime.local_ranks import RankFailure
-from headless_megatron.training.checkpoint import TRACKER_FILE
+from headless_megatron.training.run_directory import TRACKER_FILE
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,15 @@ from headless_megatron.config import (
     TrainConfig,
     add_config_arguments,
     config_from_args,
+    config_from_dict,
+    config_from_yaml,
     field_docs,
+    fields,
     loader,
     parse_config,
-    validation,
 )
+from headless_megatron.config.megatron import transformer_config
+from headless_megatron.models.registry import validate_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 REQUIRED = {
@@ -62,7 +66,7 @@ def test_flags_override_the_file_which_overrides_the_defaults(tmp_path):
 
 
 def test_yaml_1_1_exponent_floats_are_numbers(tmp_path):
-    config = TrainConfig.from_yaml(write(tmp_path, required_yaml(lr="3e-4")))  # PyYAML reads '3e-4'
+    config = config_from_yaml(write(tmp_path, required_yaml(lr="3e-4")))  # PyYAML reads '3e-4'
     assert config.lr == 3e-4 and isinstance(config.lr, float)
 
 
@@ -98,8 +102,8 @@ def test_data_path_takes_prefixes_or_weighted_pairs(argv, blend):
 
 
 def test_data_path_in_yaml_as_list_or_string(tmp_path):
-    as_list = TrainConfig.from_yaml(write(tmp_path, required_yaml() + "data_path: [0.3, a, 0.7, b]\n"))
-    as_string = TrainConfig.from_yaml(write(tmp_path, required_yaml() + "data_path: 0.3 a 0.7 b\n"))
+    as_list = config_from_yaml(write(tmp_path, required_yaml() + "data_path: [0.3, a, 0.7, b]\n"))
+    as_string = config_from_yaml(write(tmp_path, required_yaml() + "data_path: 0.3 a 0.7 b\n"))
     assert as_list.data_path == as_string.data_path == ["0.3", "a", "0.7", "b"]
 
 
@@ -122,7 +126,7 @@ def test_optional_fields_are_reset_with_none(tmp_path):
 def test_unknown_key_in_file_names_the_file_and_suggests(tmp_path):
     path = write(tmp_path, required_yaml() + "hiden_size: 32\n")
     with expect_error(f"{path}: unknown key 'hiden_size' (did you mean 'hidden_size'?)"):
-        TrainConfig.from_yaml(path)
+        config_from_yaml(path)
 
 
 def test_unknown_flag_suggests_the_closest():
@@ -135,7 +139,7 @@ def test_megatron_lm_spellings_are_translated(tmp_path):
         parse_config(["--disable-bias-linear"], defaults=REQUIRED)
     path = write(tmp_path, required_yaml() + "tensorboard_dir: tb\n")
     with expect_error(f"{path}: unknown key 'tensorboard_dir' (Megatron-LM's tensorboard_dir is log_dir here)"):
-        TrainConfig.from_yaml(path)
+        config_from_yaml(path)
 
 
 def test_flags_are_not_abbreviated():
@@ -146,21 +150,21 @@ def test_flags_are_not_abbreviated():
 def test_bad_values_name_the_file_and_the_key(tmp_path):
     path = write(tmp_path, required_yaml(num_layers="four"))
     with expect_error(f"{path}: num_layers: expected an integer, got 'four'"):
-        TrainConfig.from_yaml(path)
+        config_from_yaml(path)
 
 
 def test_duplicate_yaml_keys_are_refused(tmp_path):
     path = write(tmp_path, required_yaml() + "lr: 1.0e-3\n")
     with expect_error(f"{path}: key 'lr' appears twice (again at line 9)"):
-        TrainConfig.from_yaml(path)
+        config_from_yaml(path)
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):
     with expect_error(f"{tmp_path / 'absent.yaml'}: cannot read the config file"):
-        TrainConfig.from_yaml(tmp_path / "absent.yaml")
+        config_from_yaml(tmp_path / "absent.yaml")
     path = write(tmp_path, "lr: [1\n")
     with expect_error(f"{path}: invalid YAML"):
-        TrainConfig.from_yaml(path)
+        config_from_yaml(path)
 
 
 def test_missing_required_fields_are_named():
@@ -198,7 +202,6 @@ def test_a_command_parser_can_host_the_flags():
     ("lr", -1.0, "lr: expected a positive number, got -1.0"),
     ("distributed_timeout_minutes", 0, "distributed_timeout_minutes: expected a positive number, got 0"),
     ("hidden_dropout", 1.0, "hidden_dropout: expected a number in [0, 1), got 1.0"),
-    ("model", "gtp", "model: expected one of gpt, bert, got 'gtp' (did you mean 'gpt'?)"),
     ("ckpt_format", "torch", "ckpt_format: expected one of torch_dist, got 'torch'"),
     ("split", "90,x", "split: expected up to three comma-separated shares"),
     ("sequence_parallel", 1, "sequence_parallel: expected true or false, got 1"),
@@ -210,9 +213,9 @@ def test_field_checks_at_construction(field, value, message):
 
 
 def test_check_tables_name_real_fields():
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert set(validation._RANGES) <= fields
-    assert {field for field, _ in loader._MEGATRON_LM_SPELLINGS.values()} <= fields
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(fields._RANGES) <= names
+    assert {field for field, _ in loader._MEGATRON_LM_SPELLINGS.values()} <= names
 
 
 def test_replace_checks_the_new_values():
@@ -271,14 +274,14 @@ def test_replace_checks_the_new_values():
 def test_inconsistent_values_name_the_key(overrides, world_size, message):
     config = tiny(**overrides)
     with expect_error(message) as error:
-        config.validate(world_size)
+        validate_config(config, world_size)
     assert "\n" not in str(error.value)
 
 
 def test_a_consistent_layout_validates():
     config = tiny(tensor_model_parallel_size=2, pipeline_model_parallel_size=2, sequence_parallel=True,
                   num_query_groups=2, global_batch_size=32)
-    config.validate(8)
+    validate_config(config, 8)
     assert config.data_parallel_size(8) == 2 and config.num_microbatches(8) == 4
 
 
@@ -287,10 +290,10 @@ def test_overlap_param_gather_is_refused_only_where_cwt_reads_the_last_stages_ti
     # without running the output layer's forward, where Megatron waits for its all-gather.
     overlapped = dict(overlap_grad_reduce=True, overlap_param_gather=True, use_distributed_optimizer=True)
     with expect_error("overlap_param_gather: cannot be combined with pipeline_model_parallel_size > 1 and loss cwt"):
-        tiny(loss="cwt", pipeline_model_parallel_size=2, **overlapped).validate(4)
-    tiny(loss="ce", pipeline_model_parallel_size=2, **overlapped).validate(4)  # the output layer's forward runs
-    tiny(loss="cwt", pipeline_model_parallel_size=1, tensor_model_parallel_size=2, **overlapped).validate(4)
-    tiny(loss="cwt", pipeline_model_parallel_size=2, overlap_grad_reduce=True).validate(4)
+        validate_config(tiny(loss="cwt", pipeline_model_parallel_size=2, **overlapped), 4)
+    validate_config(tiny(loss="ce", pipeline_model_parallel_size=2, **overlapped), 4)  # the output layer's forward runs
+    validate_config(tiny(loss="cwt", pipeline_model_parallel_size=1, tensor_model_parallel_size=2, **overlapped), 4)
+    validate_config(tiny(loss="cwt", pipeline_model_parallel_size=2, overlap_grad_reduce=True), 4)
 
 
 def test_distributed_timeout_minutes_takes_fractions():
@@ -328,15 +331,15 @@ def test_resolved_defaults():
 
 def test_to_dict_from_dict_round_trip(tmp_path):
     config = tiny(data_path=["0.3", "a", "0.7", "b"], fp8_format="hybrid", bf16=True, save_interval=7)
-    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert config_from_dict(config.to_dict()) == config
     config.to_yaml(tmp_path / "full.yaml")
-    assert TrainConfig.from_yaml(tmp_path / "full.yaml") == config
+    assert config_from_yaml(tmp_path / "full.yaml") == config
     assert list(config.to_dict()) == [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 def test_from_dict_refuses_unknown_keys():
     with expect_error("unknown key 'lrr' (did you mean 'lr'?)"):
-        TrainConfig.from_dict({**REQUIRED, "lrr": 1})
+        config_from_dict({**REQUIRED, "lrr": 1})
 
 
 # ---- Recipes ----
@@ -351,18 +354,18 @@ def _plausible_world_size(config: TrainConfig) -> int:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
 def test_every_recipe_loads_and_validates(path):
-    config = TrainConfig.from_yaml(path)
+    config = config_from_yaml(path)
     if config.data_path is None:
         config = dataclasses.replace(config, data_path=["data/mock_text_document"])
-    config.validate(_plausible_world_size(config))
-    config.validate(config.tensor_model_parallel_size * config.pipeline_model_parallel_size)
+    validate_config(config, _plausible_world_size(config))
+    validate_config(config, config.tensor_model_parallel_size * config.pipeline_model_parallel_size)
 
 
 def test_recipes_cover_the_paper_pairs():
     names = {path.stem for path in CONFIGS}
     for size in ("70m", "160m"):
-        headless = TrainConfig.from_yaml(CONFIGS[0].parent / f"gpt_headless_{size}.yaml")
-        vanilla = TrainConfig.from_yaml(CONFIGS[0].parent / f"gpt_vanilla_{size}.yaml")
+        headless = config_from_yaml(CONFIGS[0].parent / f"gpt_headless_{size}.yaml")
+        vanilla = config_from_yaml(CONFIGS[0].parent / f"gpt_vanilla_{size}.yaml")
         assert (headless.loss, vanilla.loss) == ("cwt", "ce")
         differing = {k for k, v in headless.to_dict().items() if vanilla.to_dict()[k] != v}
         assert differing == {"loss", "untie_embeddings_and_output_weights", "save", "load"}
@@ -376,8 +379,8 @@ def test_recipes_cover_the_paper_pairs():
 def test_transformer_config_builds_on_cpu_for_the_tiny_recipes(name):
     import torch.nn.functional as F
 
-    config = TrainConfig.from_yaml(CONFIGS[0].parent / f"{name}.yaml")
-    megatron = config.transformer_config("local", on_gpu=False)
+    config = config_from_yaml(CONFIGS[0].parent / f"{name}.yaml")
+    megatron = transformer_config(config, "local", on_gpu=False)
     llama = config.swiglu
     assert megatron.gated_linear_unit is llama
     assert megatron.activation_func is (F.silu if llama else F.gelu)
@@ -394,7 +397,7 @@ def test_transformer_config_maps_parallelism_precision_and_gqa():
 
     config = tiny(tensor_model_parallel_size=2, pipeline_model_parallel_size=2, sequence_parallel=True, bf16=True,
                   num_query_groups=2, recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-    megatron = config.transformer_config("local", on_gpu=True)
+    megatron = transformer_config(config, "local", on_gpu=True)
     assert (megatron.tensor_model_parallel_size, megatron.pipeline_model_parallel_size) == (2, 2)
     assert megatron.sequence_parallel and megatron.num_query_groups == 2 and megatron.kv_channels == 16
     assert megatron.params_dtype == megatron.pipeline_dtype == torch.bfloat16 and megatron.bf16
@@ -404,7 +407,7 @@ def test_transformer_config_maps_parallelism_precision_and_gqa():
 
 def test_fp8_needs_transformer_engine():
     with expect_error("fp8_format: needs the transformer_engine backend"):
-        tiny(fp8_format="hybrid").transformer_config("local", on_gpu=True)
+        transformer_config(tiny(fp8_format="hybrid"), "local", on_gpu=True)
 
 
 def test_transformer_engine_where_it_cannot_run_is_refused_at_validation():
@@ -413,6 +416,6 @@ def test_transformer_engine_where_it_cannot_run_is_refused_at_validation():
     if transformer_engine_available():
         pytest.skip("Transformer Engine is usable on this machine")
     with expect_error("transformer_impl: transformer_engine needs a GPU and an importable transformer_engine"):
-        tiny(transformer_impl="transformer_engine").validate(1)
+        validate_config(tiny(transformer_impl="transformer_engine"), 1)
     with expect_error("fp8_format: needs Transformer Engine, which needs a GPU and an importable transformer_engine"):
-        tiny(fp8_format="hybrid", bf16=True).validate(1)
+        validate_config(tiny(fp8_format="hybrid", bf16=True), 1)

@@ -7,11 +7,13 @@ import shutil
 
 import pytest
 import torch
+from local_ranks import run_on_ranks
 from test_convert_export import VOCAB, pretrain_each, training_argv
 
+from headless_megatron.config import config_from_dict
+from headless_megatron.config.megatron import transformer_config
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.checkpoint_reader import open_checkpoint
-from headless_megatron.runtime.local_ranks import run_on_ranks
 
 TP2_PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
 UNTIED = ["--loss", "ce", "--untie-embeddings-and-output-weights"]
@@ -23,22 +25,22 @@ def megatron_full_tensors(iteration_directory: str, vocab_size: int) -> dict[str
     import dataclasses
     from pathlib import Path
 
-    from headless_megatron.config import TrainConfig
-    from headless_megatron.models.gpt import build_gpt_stage
-    from headless_megatron.models.init import _sharded_tensors
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+    from headless_megatron.config import ParallelLayout
+    from headless_megatron.models.gpt.model import build_gpt_stage
+    from headless_megatron.models.init import sharded_tensors
+    from headless_megatron.runtime.distributed import init_distributed
     from headless_megatron.training.checkpoint import load_checkpoint
 
     init_distributed(ParallelLayout())
     path = Path(iteration_directory)
-    saved = TrainConfig.from_dict(torch.load(path / "common.pt", weights_only=True)["config"])
+    saved = config_from_dict(torch.load(path / "common.pt", weights_only=True)["config"])
     config = dataclasses.replace(saved, tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
-    model = build_gpt_stage(config.transformer_config("local", on_gpu=False), config.padded_vocab_size(vocab_size),
+    model = build_gpt_stage(transformer_config(config, "local", on_gpu=False), config.padded_vocab_size(vocab_size),
                             config.max_positions, seed=99,
                             share_embeddings_and_output_weights=config.share_embeddings_and_output_weights)
     load_checkpoint(path, [model], load_rng=False)
     full = {}
-    for shard in _sharded_tensors(model.sharded_state_dict()):
+    for shard in sharded_tensors(model.sharded_state_dict()):
         tensor = full.setdefault(shard.key, torch.full(shard.global_shape, float("nan")))
         prepend = shard.prepend_axis_num
         index = (*shard.global_offset[:prepend], *(

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from data_fixtures import TOPICS_VOCAB, tiny_builtin_dataset
+from local_ranks import run_on_ranks
 
 from headless_megatron.cli import main
-from headless_megatron.config import parse_config
+from headless_megatron.config import config_from_dict, parse_config
+from headless_megatron.config.megatron import transformer_config
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.export import export_hf
 from headless_megatron.data.tokenizer import tokenizer_for_dataset
-from headless_megatron.runtime.local_ranks import run_on_ranks
 from headless_megatron.training.loop import pretrain
 
 TINY = "configs/gpt_headless_tiny.yaml"
@@ -55,21 +56,22 @@ def megatron_logits(save_directories: list[str], tokens: torch.Tensor) -> dict[s
     checkpoint is tied, so GPTModel's logits are hidden states x input embeddings: the add_head LM."""
     import dataclasses
 
-    from headless_megatron.config import TrainConfig
+    from headless_megatron.config import ParallelLayout
     from headless_megatron.data.tokenizer import load_tokenizer, tokenizer_for_dataset
-    from headless_megatron.models.gpt import build_gpt_stage
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-    from headless_megatron.training.checkpoint import latest_checkpoint, load_checkpoint
+    from headless_megatron.models.gpt.model import build_gpt_stage
+    from headless_megatron.runtime.distributed import init_distributed
+    from headless_megatron.training.checkpoint import load_checkpoint
+    from headless_megatron.training.run_directory import latest_checkpoint
 
     init_distributed(ParallelLayout())
     logits = {}
     for save in save_directories:
         path = latest_checkpoint(save)
-        saved = TrainConfig.from_dict(torch.load(path / "common.pt", weights_only=True)["config"])
+        saved = config_from_dict(torch.load(path / "common.pt", weights_only=True)["config"])
         config = dataclasses.replace(saved, tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
         tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else tokenizer_for_dataset(config.data_path[0])
         model = build_gpt_stage(
-            config.transformer_config("local", on_gpu=False), config.padded_vocab_size(tokenizer.vocab_size),
+            transformer_config(config, "local", on_gpu=False), config.padded_vocab_size(tokenizer.vocab_size),
             config.max_positions, config.seed, position_embedding_type=config.position_embedding_type,
             share_embeddings_and_output_weights=config.share_embeddings_and_output_weights,
         )

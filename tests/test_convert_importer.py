@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from local_ranks import run_on_ranks
 from safetensors.torch import load_file, save_file
 from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, megatron_logits, training_argv
 from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM
@@ -16,7 +17,6 @@ from headless_megatron.config import parse_config
 from headless_megatron.convert.export import export_hf
 from headless_megatron.convert.importer import SafetensorsWeights
 from headless_megatron.data.tokenizer import tokenizer_for_dataset
-from headless_megatron.runtime.local_ranks import run_on_ranks
 
 TP2_PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
 

@@ -8,10 +8,9 @@ import json
 
 import pytest
 import torch
+from local_ranks import run_on_ranks
 from torch.distributed.checkpoint import FileSystemReader, load
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-from headless_megatron.runtime.local_ranks import run_on_ranks
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -24,9 +23,10 @@ def save_both_ways(default_root: str, streamed_root: str, llama: bool) -> dict:
     from megatron_helpers import build_bert, build_gpt, tiny_config
     from torch.multiprocessing.reductions import StorageWeakRef
 
+    from headless_megatron.config import ParallelLayout
     from headless_megatron.convert.streamed_save import StreamedSaveStrategy
-    from headless_megatron.models.init import _sharded_tensors
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+    from headless_megatron.models.init import sharded_tensors
+    from headless_megatron.runtime.distributed import init_distributed
     from headless_megatron.training.checkpoint import SHARDING_METADATA, save_checkpoint
 
     init_distributed(ParallelLayout(2, 2), seed=3)
@@ -39,7 +39,7 @@ def save_both_ways(default_root: str, streamed_root: str, llama: bool) -> dict:
         geometry = build(config)
     shards = {
         (shard.key, tuple(shard.global_offset)): shard
-        for shard in _sharded_tensors(model.sharded_state_dict(metadata=SHARDING_METADATA))
+        for shard in sharded_tensors(model.sharded_state_dict(metadata=SHARDING_METADATA))
     }
     calls, made = [], []
 

@@ -1,6 +1,6 @@
 """The CPU adapter for Megatron-Core: each redirected CUDA assumption, checked in a fresh process."""
 
-from headless_megatron.runtime.local_ranks import run_on_ranks
+from local_ranks import run_on_ranks
 
 
 def _adapter_effects():

@@ -13,10 +13,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from local_ranks import run_on_ranks
 
+from headless_megatron.config import ParallelLayout
 from headless_megatron.cwt import cwt_loss
-from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-from headless_megatron.runtime.local_ranks import run_on_ranks
+from headless_megatron.runtime.distributed import init_distributed
 
 SEQ, BATCH, HIDDEN, VOCAB = 8, 3, 16, 64
 
@@ -206,7 +207,7 @@ def _headless_gpt_last_stage_tied_copy():
     from megatron.core import parallel_state as ps
 
     from headless_megatron.cwt import CWTOptions
-    from headless_megatron.models.gpt import build_gpt_stage
+    from headless_megatron.models.gpt.model import build_gpt_stage
 
     init_distributed(ParallelLayout(1, 2), seed=mh.SEED)
     config = mh.tiny_config()

@@ -4,9 +4,10 @@ import subprocess
 import sys
 
 import pytest
+from local_ranks import run_on_ranks
 
-from headless_megatron.runtime.distributed import ParallelLayout, init_distributed, map_slurm_environment
-from headless_megatron.runtime.local_ranks import run_on_ranks
+from headless_megatron.config import ConfigError, ParallelLayout
+from headless_megatron.runtime.distributed import init_distributed, map_slurm_environment
 
 
 def test_srun_task_environment_becomes_torch_rendezvous_variables():
@@ -24,7 +25,7 @@ def test_torchrun_variables_win_over_slurm():
 
 def test_world_size_must_be_a_multiple_of_tp_times_pp():
     assert ParallelLayout(2, 2).data_parallel_size(8) == 2
-    with pytest.raises(ValueError, match="world size 6 is not divisible by .* 2 x 2"):
+    with pytest.raises(ConfigError, match="world size 6 is not divisible by .* 2 x 2"):
         ParallelLayout(2, 2).data_parallel_size(6)
 
 

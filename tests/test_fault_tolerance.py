@@ -7,10 +7,10 @@ import os
 import signal
 
 import pytest
+from local_ranks import RankFailure, run_on_ranks
 from training_runs import assert_losses_close, train
 
 from headless_megatron.config import parse_config
-from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
 
 
 def _train_with_fault(argv, fault, at_iteration, on_rank):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from local_ranks import RankFailure, run_on_ranks
 from training_runs import train
 
 from headless_megatron.config import parse_config
-from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
 
 FINETUNE = ["--loss", "ce", "--untie-embeddings-and-output-weights", "--lr", "1e-3"]
 

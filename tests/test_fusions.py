@@ -10,13 +10,14 @@ import megatron_helpers as mh
 import pytest
 import torch
 import torch.nn.functional as F
+from local_ranks import run_on_ranks
 from megatron.core import parallel_state as ps
 from test_attention import _bert, _gpt, _relative_error
 
-from headless_megatron.config import TrainConfig
+from headless_megatron.config import ParallelLayout, config_from_yaml
+from headless_megatron.config.megatron import transformer_config
 from headless_megatron.models.attention import SDPAttention
-from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-from headless_megatron.runtime.local_ranks import run_on_ranks
+from headless_megatron.runtime.distributed import init_distributed
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 FUSIONS = ("bias_activation_fusion", "bias_dropout_fusion", "cross_entropy_loss_fusion")
@@ -24,8 +25,8 @@ FUSIONS = ("bias_activation_fusion", "bias_dropout_fusion", "cross_entropy_loss_
 
 def _gpu_fusions(model: str) -> dict[str, bool]:
     """The fusions the adapter switches on for a tiny recipe on a GPU without Transformer Engine."""
-    config = TrainConfig.from_yaml(CONFIGS / f"{model}_headless_tiny.yaml")
-    megatron = config.transformer_config("local", on_gpu=True)
+    config = config_from_yaml(CONFIGS / f"{model}_headless_tiny.yaml")
+    megatron = transformer_config(config, "local", on_gpu=True)
     return {name: getattr(megatron, name) for name in FUSIONS}
 
 

@@ -17,7 +17,7 @@ from headless_megatron.data.indexed import DatasetPaths
 from headless_megatron.data.preprocess import build_dataset
 from headless_megatron.data.sources import open_corpus
 from headless_megatron.data.tokenizer import tokenizer_for_dataset
-from headless_megatron.training.checkpoint import checkpoint_to_resume
+from headless_megatron.training.run_directory import checkpoint_to_resume
 
 LIMIT = 60
 

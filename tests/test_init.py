@@ -3,9 +3,10 @@
 import math
 
 import megatron_helpers as mh
+from local_ranks import run_on_ranks
 
-from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-from headless_megatron.runtime.local_ranks import run_on_ranks
+from headless_megatron.config import ParallelLayout
+from headless_megatron.runtime.distributed import init_distributed
 
 
 def _initial_weights(seed):

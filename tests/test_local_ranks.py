@@ -4,8 +4,7 @@ import os
 import time
 
 import pytest
-
-from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
+from local_ranks import RankFailure, run_on_ranks
 
 
 def _whoami(offset):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import megatron_helpers as mh
 import pytest
 import torch
+from local_ranks import run_on_ranks
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-from headless_megatron.runtime.local_ranks import run_on_ranks
+from headless_megatron.config import ParallelLayout
+from headless_megatron.runtime.distributed import init_distributed
 
 LAYOUTS = {
     # name: (world size, TP, PP, sequence parallel)

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from local_ranks import run_on_ranks
 
 from headless_megatron.config import parse_config
-from headless_megatron.runtime.local_ranks import run_on_ranks
 from headless_megatron.training.metrics import (
     FLOPS_CONVENTION,
     CandidateCounter,
@@ -131,7 +131,8 @@ def test_candidate_counter_counts_k_times_u_per_micro_batch():
 def _data_parallel_products(all_labels, all_masks):
     from megatron.core import parallel_state as ps
 
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+    from headless_megatron.config import ParallelLayout
+    from headless_megatron.runtime.distributed import init_distributed
 
     init_distributed(ParallelLayout(1, 1), seed=0)
     rank = ps.get_data_parallel_rank()

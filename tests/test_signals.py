@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from fault_runs import FaultRun, pretrain_argv
 
-from headless_megatron.training.checkpoint import checkpoint_to_resume
+from headless_megatron.training.run_directory import checkpoint_to_resume
 
 # (signal, phase, iteration, DataLoader workers): every signal in every phase, with and without workers.
 STOPS = [

@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from local_ranks import RankFailure
 from training_runs import REFERENCE_ITERS, TINY, assert_losses_close, train
 
 from headless_megatron.config import ConfigError, parse_config
-from headless_megatron.runtime.local_ranks import RankFailure
 from headless_megatron.training.loop import pretrain
 
 LAYOUTS = {  # name: (world size, flags)

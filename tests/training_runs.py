@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from local_ranks import run_on_ranks
+
 from headless_megatron.config import parse_config
-from headless_megatron.runtime.local_ranks import run_on_ranks
 from headless_megatron.training.loop import RunSummary, pretrain
 
 TINY = "configs/gpt_headless_tiny.yaml"

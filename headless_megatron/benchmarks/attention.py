@@ -56,10 +56,11 @@ def _measure(options: dict) -> list[dict]:
     from megatron.core.transformer.enums import AttnMaskType
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    from headless_megatron.config import ParallelLayout
     from headless_megatron.models.attention import SDPAttention
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+    from headless_megatron.runtime.distributed import init_distributed
 
-    device = init_distributed(ParallelLayout(1, 1), seed=0)
+    device = init_distributed(ParallelLayout(), seed=0)
     dtype_name = options["dtype"] or ("bf16" if device.type == "cuda" else "fp32")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     heads, groups = options["heads"], options["query_groups"] or options["heads"]
@@ -94,9 +95,9 @@ def _measure(options: dict) -> list[dict]:
 def run(args) -> int:
     import torch
 
-    from headless_megatron.runtime.local_ranks import run_on_ranks
+    from headless_megatron.runtime.launch import run_local_ranks
 
-    rows = run_on_ranks(_measure, 1, args=(vars(args),), timeout=3600)[0]
+    rows = run_local_ranks(_measure, 1, args=(vars(args),))[0]
     gpu = torch.cuda.is_available()
     header = ["case", "shape", "unfused ms", "SDPA ms", "speed-up"] + (["unfused MB", "SDPA MB"] if gpu else [])
     table = []

@@ -198,18 +198,16 @@ def write_random_model(shape: str, directory: Path, max_shard_bytes: int) -> dic
 
 def _needed_names(hf_config) -> set[str]:
     """The HF tensors an import reads (a tied model's head is a copy and is not saved)."""
-    from headless_megatron.convert.importer import IMPORTABLE, TRAINING_PLACEHOLDERS, _train_config
+    from headless_megatron.convert.importer import TRAINING_PLACEHOLDERS, imported_train_config
+    from headless_megatron.models.hf_mapping import hf_tensor_names
+    from headless_megatron.models.registry import hf_conversions
 
-    family = IMPORTABLE[hf_config.model_type]
+    family = hf_conversions()[hf_config.model_type]
     values = family.train_config_values(hf_config)
     vocab_size = values.pop("vocab_size")
-    conversion = family(_train_config({**values, **TRAINING_PLACEHOLDERS, "vocab_size": vocab_size}), vocab_size)
-    return {
-        name
-        for mapping in conversion.mappings(conversion.import_mode)
-        for layer in (range(conversion.config.num_layers) if mapping.per_layer else (None,))
-        for name in mapping.hf_names(layer)
-    }
+    config = imported_train_config({**values, **TRAINING_PLACEHOLDERS, "vocab_size": vocab_size})
+    conversion = family(config, vocab_size)
+    return hf_tensor_names(conversion, conversion.import_mode)
 
 
 def compare_weights(original: Path, exported: Path) -> list[str]:

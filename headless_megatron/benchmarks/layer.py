@@ -195,9 +195,10 @@ def _rms_norm_written_out(norm, h):
 
 
 def _measure(options: dict) -> list[dict]:
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+    from headless_megatron.config import ParallelLayout
+    from headless_megatron.runtime.distributed import init_distributed
 
-    device = init_distributed(ParallelLayout(1, 1), seed=0)
+    device = init_distributed(ParallelLayout(), seed=0)
     dtype_name = options["dtype"] or ("bf16" if device.type == "cuda" else "fp32")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     measured = []
@@ -217,9 +218,9 @@ def _measure(options: dict) -> list[dict]:
 
 
 def run(args) -> int:
-    from headless_megatron.runtime.local_ranks import run_on_ranks
+    from headless_megatron.runtime.launch import run_local_ranks
 
-    rows = run_on_ranks(_measure, 1, args=(vars(args),), timeout=3600)[0]
+    rows = run_local_ranks(_measure, 1, args=(vars(args),))[0]
     gpu = torch.cuda.is_available()
     header = ["case", "baseline -> option", "baseline ms", "option ms", "speed-up", "max rel diff"]
     header += ["baseline MB", "option MB"] if gpu else []

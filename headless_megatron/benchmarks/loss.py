@@ -159,7 +159,7 @@ def _fmt_mb(size: int) -> str:
 
 def run(args) -> int:
     from headless_megatron.errors import UsageError
-    from headless_megatron.runtime.local_ranks import run_on_ranks
+    from headless_megatron.runtime.launch import run_local_ranks
 
     try:
         shapes = [Shape.parse(text) for text in (args.shape or DEFAULT_SHAPES)]
@@ -172,8 +172,8 @@ def run(args) -> int:
         for distribution in args.ids:
             sides = {}
             for side in ("ce", "cwt"):  # one after the other: the CE side alone may need ~13 GB
-                (sides[side],) = run_on_ranks(
-                    _measure, 1, args=(side, shape, distribution, args.iters, args.dtype, args.seed), timeout=3600
+                (sides[side],) = run_local_ranks(
+                    _measure, 1, args=(side, shape, distribution, args.iters, args.dtype, args.seed)
                 )
             ce, cwt = sides["ce"], sides["cwt"]
             device = ce["device"]

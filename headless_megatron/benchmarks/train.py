@@ -100,7 +100,8 @@ def _measure(argv: list[str], iters: int, warmup: int) -> dict | None:
 
 def run(args) -> int:
     from headless_megatron.config import parse_config
-    from headless_megatron.runtime.local_ranks import run_on_ranks
+    from headless_megatron.models.registry import validate_config
+    from headless_megatron.runtime.launch import run_local_ranks
     from headless_megatron.training.metrics import FLOPS_CONVENTION
 
     fixed = ["--train-iters", str(args.warmup + args.iters), "--lr-warmup-iters", "0", "--eval-iters", "0",
@@ -110,11 +111,11 @@ def run(args) -> int:
         path, *own_flags = shlex.split(config)
         argv = ["--config", path, *args.overrides, *own_flags, *fixed]
         # Every config's mistakes are one line here, before any rank of any config starts.
-        parse_config(argv).validate(args.ranks)
+        validate_config(parse_config(argv), args.ranks)
         runs.append((config, path, own_flags, argv))
     results = []
     for config, path, own_flags, argv in runs:
-        result = run_on_ranks(_measure, args.ranks, args=(argv, args.iters, args.warmup), timeout=3600)[0]
+        result = run_local_ranks(_measure, args.ranks, args=(argv, args.iters, args.warmup))[0]
         name = " ".join([Path(path).stem, *own_flags])
         results.append((name, result))
         print(f"measured {config}: {result['tokens_per_sec']:,.0f} tokens/s", flush=True)

@@ -60,15 +60,18 @@ def check_config(args, world_size: int):
 
 def validate_for_launch(args, world_size: int) -> None:
     """The layout checks that need no rank, run by ``--nproc-per-node`` before it starts any."""
-    check_config(args, world_size).validate(world_size)
+    from headless_megatron.models.registry import validate_config
+
+    validate_config(check_config(args, world_size), world_size)
 
 
 def run(args) -> int:
     import torch
 
-    from headless_megatron.models.specs import kernel_backend
+    from headless_megatron.config.megatron import kernel_backend
     from headless_megatron.runtime.distributed import destroy_distributed, is_rank_zero
-    from headless_megatron.training.loop import launch_world_size, pretrain
+    from headless_megatron.runtime.launch import launch_world_size
+    from headless_megatron.training.loop import pretrain
 
     world = launch_world_size()
     config = check_config(args, world)

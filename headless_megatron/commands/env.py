@@ -18,7 +18,7 @@ def describe() -> dict[str, str]:
     import torch
 
     from headless_megatron import __version__
-    from headless_megatron.models.specs import apex_available, kernel_backend
+    from headless_megatron.config.megatron import apex_available, kernel_backend
 
     cuda = torch.cuda.is_available()
     te = _version("transformer-engine")

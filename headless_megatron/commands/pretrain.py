@@ -37,9 +37,10 @@ def _config(args, command: str):
 def validate_for_launch(args, world_size: int, command: str = "pretrain") -> None:
     """The config and data checks that need no rank, run by ``--nproc-per-node`` before it starts any."""
     from headless_megatron.data.gpt_dataset import check_data
+    from headless_megatron.models.registry import validate_config
 
     config = _config(args, command)
-    config.validate(world_size)
+    validate_config(config, world_size)
     check_data(config)
 
 

@@ -17,7 +17,7 @@ flags. Flag conventions:
 Every mistake stops before any work with a one-line :class:`ConfigError` that starts with the key
 (and the file, for file errors), says what is expected and, for a typo, suggests the closest key.
 Each field is checked when a :class:`TrainConfig` is built (type, choices, range);
-:meth:`TrainConfig.validate` adds the checks that involve several fields or the world size.
+:func:`~headless_megatron.config.validation.validate` adds the checks that involve several fields or the world size.
 
 Each field's docstring (the string right below it in :mod:`~headless_megatron.config.schema`) is
 also the ``--help`` text of its flag (:func:`field_docs`), and the ``# ---- Section ----`` comments
@@ -37,15 +37,8 @@ from typing import Any
 
 import yaml
 
-from headless_megatron.config.schema import (
-    ConfigError,
-    TrainConfig,
-    fail,
-    field_defaults,
-    field_types,
-    required_fields,
-)
-from headless_megatron.config.validation import checked_value, closest
+from headless_megatron.config.fields import ConfigError, checked_value, closest, fail
+from headless_megatron.config.schema import TrainConfig, field_defaults, field_types, required_fields
 
 # Megatron-LM arguments that are spelled differently here: key -> (field, value to give it or None).
 _MEGATRON_LM_SPELLINGS = {
@@ -95,7 +88,22 @@ def checked_mapping(values: dict, what: str) -> dict[str, Any]:
     for key in values:
         if key not in field_types():
             raise ConfigError(f"unknown {what} {key!r}{_unknown_key_hint(str(key), as_flag=False)}")
-    return {key: checked_value(key, value) for key, value in values.items()}
+    return {key: checked_value(key, value, field_types()[key]) for key, value in values.items()}
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A config from a mapping of field names (such as ``TrainConfig.to_dict``'s), checked field by
+    field; raises :class:`ConfigError` on an unknown key, a bad value or a missing required key."""
+    return build(checked_mapping(values, "key"))
+
+
+def config_from_yaml(path: str | Path) -> TrainConfig:
+    """A config from a YAML file; errors start with the file's path."""
+    values = read_yaml(path)
+    try:
+        return build(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def build(values: dict[str, Any]) -> TrainConfig:

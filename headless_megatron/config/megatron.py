@@ -1,6 +1,6 @@
 """The adapter from a :class:`~headless_megatron.config.schema.TrainConfig` to Megatron-Core's
 ``TransformerConfig``: field names mapped, defaults resolved, fused kernels switched on only where
-they can run."""
+they can run; and the choice of kernels (Transformer Engine, apex, local) that depends on the node."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import importlib.util
 import typing
 from functools import lru_cache
 
-from headless_megatron.config.schema import TrainConfig, fail
+from headless_megatron.config.fields import fail
 
 if typing.TYPE_CHECKING:
     from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from headless_megatron.config.schema import TrainConfig
 
 
 @lru_cache(maxsize=None)
@@ -28,11 +30,33 @@ def transformer_engine_available() -> bool:
     return True
 
 
+@lru_cache(maxsize=None)
+def apex_available() -> bool:
+    """Whether apex's fused layer norm is importable (Megatron-Core then uses it)."""
+    from megatron.core.fusions.fused_layer_norm import HAVE_FUSED_LAYER_NORM
+
+    return bool(HAVE_FUSED_LAYER_NORM)
+
+
+def kernel_backend(transformer_impl: str = "auto") -> str:
+    """``transformer_impl`` (``auto``, ``transformer_engine``, ``local``) resolved on this node to
+    ``transformer_engine`` or ``local``; raises a one-line ConfigError when Transformer Engine is
+    asked for and cannot run here."""
+    if transformer_impl == "auto":
+        return "transformer_engine" if transformer_engine_available() else "local"
+    if transformer_impl == "transformer_engine" and not transformer_engine_available():
+        fail(
+            "transformer_impl", "transformer_engine needs a GPU and an importable transformer_engine; "
+            "use transformer_impl: local (or auto)"
+        )
+    return transformer_impl
+
+
 def transformer_config(config: TrainConfig, backend: str, *, on_gpu: bool | None = None) -> TransformerConfig:
     """Megatron-Core's ``TransformerConfig`` for the run ``config`` describes.
 
     ``backend`` is the resolved kernel backend, ``transformer_engine`` or ``local``
-    (``models.specs.kernel_backend(transformer_impl)``); ``on_gpu`` defaults to whether CUDA is
+    (:func:`kernel_backend`); ``on_gpu`` defaults to whether CUDA is
     available. Fused kernels are switched on only where they can run: never on CPU, and the
     CUDA-extension ones only when installed. ``calculate_per_token_loss`` is always on: loss
     functions return (sum, token count) and gradients are scaled by 1/tokens over the whole

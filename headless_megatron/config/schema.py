@@ -4,13 +4,15 @@ names, grouped by concern, with the values derived from them.
 Each field's docstring (the string right below it) is also the ``--help`` text of its flag, and the
 ``# ---- Section ----`` comments group the flags in ``--help``
 (:func:`~headless_megatron.config.loader.field_docs`).
-Each field is checked when a :class:`TrainConfig` is built (type, choices, range); the checks that
-involve several fields or the world size are :mod:`headless_megatron.config.validation`'s, run by
-:meth:`TrainConfig.validate`.
+Each field is checked when a :class:`TrainConfig` is built (type, choices, range:
+:mod:`~headless_megatron.config.fields`); the checks that involve several fields or the world size
+are :func:`headless_megatron.config.validation.validate`'s, and a model family checks its own keys
+(:func:`headless_megatron.models.registry.validate_config` runs both). What the fields imply
+(``ffn_size``, ``layout``, ...) is :class:`~headless_megatron.config.derived.DerivedValues`'.
 
 Adding a key: a field in its section below, named as Megatron-LM names the argument (a
 ``Literal`` for choices, ``X | None`` for an optional value), with its default and its docstring;
-its range, if any, in ``validation._RANGES``; its rules across fields in the ``_validate_*``
+its range, if any, in ``fields._RANGES``; its rules across fields in the ``_validate_*``
 function of its concern in :mod:`~headless_megatron.config.validation`, or in its model family's
 ``validate`` when only one family reads it; its Megatron-Core counterpart, if any, in
 :func:`headless_megatron.config.megatron.transformer_config`. The flag, ``--help`` text and YAML key
@@ -20,26 +22,17 @@ follow from the field.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import yaml
 
-from headless_megatron.errors import UserError
-
-if typing.TYPE_CHECKING:
-    from megatron.core.transformer.transformer_config import TransformerConfig
-
-
-class ConfigError(UserError):
-    """A configuration mistake, in one line that starts with the key (or file) at fault."""
+from headless_megatron.config.derived import DerivedValues
+from headless_megatron.config.fields import FieldType, annotated_types, checked_value
 
 
 @dataclasses.dataclass(kw_only=True)
-class TrainConfig:
+class TrainConfig(DerivedValues):
     """Everything a training run needs, flat, with Megatron-LM's argument names.
 
     Fields without a default are required. Change fields with ``dataclasses.replace`` so the new
@@ -47,9 +40,9 @@ class TrainConfig:
     """
 
     # ---- Model architecture ----
-    model: Literal["gpt", "bert"] = "gpt"
-    """Network: gpt (causal decoder, predicts the next token) or bert (bidirectional encoder,
-    predicts masked tokens)."""
+    model: str = "gpt"
+    """Model family, one of those registered in headless_megatron/models/registry.py: gpt (causal
+    decoder, predicts the next token) or bert (bidirectional encoder, predicts masked tokens)."""
     num_layers: int
     """Number of transformer layers."""
     hidden_size: int
@@ -312,177 +305,28 @@ class TrainConfig:
     """Weights & Biases mode, used only when wandb_project is set."""
 
     def __post_init__(self) -> None:
-        from headless_megatron.config.validation import checked_value
+        for name, field_type in field_types().items():
+            setattr(self, name, checked_value(name, getattr(self, name), field_type))
 
-        for name in field_types():
-            setattr(self, name, checked_value(name, getattr(self, name)))
-
-    # ---- Construction ----
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """A config from a mapping of field names (such as :meth:`to_dict`'s), checked field by
-        field; raises :class:`ConfigError` on an unknown key, a bad value or a missing required
-        key."""
-        from headless_megatron.config.loader import build, checked_mapping
-
-        return build(checked_mapping(values, "key"))
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        """A config from a YAML file; errors start with the file's path."""
-        from headless_megatron.config.loader import build, read_yaml
-
-        values = read_yaml(path)
-        try:
-            return build(values)
-        except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from None
+    # ---- Files ----
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain YAML/JSON-serialisable values, in declaration order (for
-        checkpoints and metrics; :meth:`from_dict` reads it back)."""
+        checkpoints and metrics; :func:`~headless_megatron.config.loader.config_from_dict` reads it back)."""
         return dataclasses.asdict(self)
 
     def to_yaml(self, path: str | Path) -> None:
-        """Write every field to a YAML file that :meth:`from_yaml` reads back."""
+        """Write every field to a YAML file that
+        :func:`~headless_megatron.config.loader.config_from_yaml` reads back."""
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    # ---- Derived values ----
-
-    @property
-    def ffn_size(self) -> int:
-        """The MLP's inner width, with ffn_hidden_size's default resolved."""
-        if self.ffn_hidden_size is not None:
-            return self.ffn_hidden_size
-        if self.swiglu:
-            return int((4 * self.hidden_size * 2 / 3) / 64) * 64
-        return 4 * self.hidden_size
-
-    @property
-    def head_dim(self) -> int:
-        """Width of each attention head, with kv_channels' default resolved."""
-        return self.kv_channels or self.hidden_size // self.num_attention_heads
-
-    @property
-    def query_groups(self) -> int:
-        """Key/value heads, with num_query_groups' default resolved."""
-        return self.num_query_groups or self.num_attention_heads
-
-    @property
-    def max_positions(self) -> int:
-        """Rows of the position table, with max_position_embeddings' default resolved."""
-        return self.max_position_embeddings or self.seq_length
-
-    @property
-    def decay_iters(self) -> int:
-        """Iterations of learning-rate decay, with lr_decay_iters' default resolved."""
-        return self.lr_decay_iters or self.train_iters
-
-    @property
-    def tokens_per_iteration(self) -> int:
-        """Tokens per optimizer step over all ranks."""
-        return self.global_batch_size * self.seq_length
-
-    @property
-    def share_embeddings_and_output_weights(self) -> bool:
-        """The argument of that name of Megatron's GPTModel and BertModel."""
-        return not self.untie_embeddings_and_output_weights
-
-    @property
-    def metrics_dir(self) -> str | None:
-        """Where the metrics log goes: log_dir, else save, else nowhere (None)."""
-        return self.log_dir or self.save
-
-    @property
-    def wandb_enabled(self) -> bool:
-        """Whether to log to Weights & Biases."""
-        return self.wandb_project is not None and self.wandb_mode != "disabled"
-
-    def data_blend(self) -> tuple[list[str], list[float] | None] | None:
-        """data_path as Megatron's dataset blend: (prefixes, weights or None); None without
-        data_path."""
-        from headless_megatron.config.validation import parse_blend
-
-        return None if self.data_path is None else parse_blend(self.data_path)
-
-    def padded_vocab_size(self, vocab_size: int) -> int:
-        """vocab_size rounded up to a multiple of make_vocab_size_divisible_by (50277 -> 50304
-        at 128). Independent of the TP size, so checkpoints reshard across TP sizes."""
-        if vocab_size < 1:
-            fail("vocab_size", f"expected a positive integer, got {vocab_size}")
-        multiple = self.make_vocab_size_divisible_by
-        return -(-vocab_size // multiple) * multiple
-
-    def data_parallel_size(self, world_size: int) -> int:
-        """Data-parallel ranks in a launch of world_size ranks."""
-        tp, pp = self.tensor_model_parallel_size, self.pipeline_model_parallel_size
-        if world_size < 1 or world_size % (tp * pp):
-            fail(
-                "tensor_model_parallel_size", f"the world size {world_size} is not divisible by "
-                f"tensor x pipeline model-parallel size = {tp} x {pp} = {tp * pp}; launch a "
-                f"multiple of {tp * pp} ranks or change the parallel sizes"
-            )
-        return world_size // (tp * pp)
-
-    def num_microbatches(self, world_size: int) -> int:
-        """Micro-batches each rank accumulates per optimizer step."""
-        dp = self.data_parallel_size(world_size)
-        per_pass = self.micro_batch_size * dp
-        if self.global_batch_size % per_pass:
-            fail(
-                "global_batch_size", f"{self.global_batch_size} is not divisible by "
-                f"micro_batch_size x data-parallel size = {self.micro_batch_size} x {dp} = "
-                f"{per_pass}; use a multiple of {per_pass} or change micro_batch_size"
-            )
-        return self.global_batch_size // per_pass
-
-    # ---- Checks and Megatron-Core ----
-
-    def validate(self, world_size: int) -> None:
-        """Check what involves several fields or the world size (the model family's own keys
-        included), before any rank or model exists; raises :class:`ConfigError`."""
-        from headless_megatron.config.validation import validate
-
-        validate(self, world_size)
-
-    def transformer_config(self, backend: str, *, on_gpu: bool | None = None) -> TransformerConfig:
-        """Megatron-Core's ``TransformerConfig`` for this run
-        (:func:`headless_megatron.config.megatron.transformer_config`)."""
-        from headless_megatron.config.megatron import transformer_config
-
-        return transformer_config(self, backend, on_gpu=on_gpu)
-
-
-def fail(key: str, problem: str) -> typing.NoReturn:
-    """Raise the one-line :class:`ConfigError` ``key: problem``."""
-    raise ConfigError(f"{key}: {problem}")
 
 
 # ---- Field types ----
 
 
-class FieldType(NamedTuple):
-    """What a field holds, read from its annotation."""
-
-    kind: type  # bool, int, float, str or list (of str)
-    optional: bool
-    choices: tuple[str, ...] | None
-
-
-@functools.cache
 def field_types() -> dict[str, FieldType]:
-    """Each field's :class:`FieldType`, in declaration order."""
-    types_by_name = {}
-    for name, hint in typing.get_type_hints(TrainConfig).items():
-        optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        if optional:
-            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-        if typing.get_origin(hint) is Literal:
-            types_by_name[name] = FieldType(str, optional, typing.get_args(hint))
-        else:
-            types_by_name[name] = FieldType(typing.get_origin(hint) or hint, optional, None)
-    return types_by_name
+    """Each field's :class:`~headless_megatron.config.fields.FieldType`, in declaration order."""
+    return annotated_types(TrainConfig)
 
 
 def field_defaults() -> dict[str, Any]:

@@ -10,25 +10,20 @@ Modules:
 
 - ``checkpoint_reader``: any checkpoint of ours, whatever TP/PP layout saved it, as full tensors and
   its :class:`~headless_megatron.config.TrainConfig`, in one process without ranks or GPUs;
-- ``mapping``: what every model family shares: :class:`~mapping.TensorMapping` (one Megatron
-  tensor <-> its Hugging Face tensors), Megatron's fused layouts (QKV grouped per query group,
-  SwiGLU ``[gate; up]``, the padded vocabulary) and the :class:`~mapping.Conversion` contract;
-- ``llama``: Llama-style decoders (``model: gpt``) <-> ``LlamaForCausalLM``;
-- ``megatron_bert``: BERT-style encoders (``model: bert``) <-> ``MegatronBertForMaskedLM``
-  (``MegatronBertModel`` for a headless encoder, which has no MLM head);
 - ``export``: checkpoint -> Hugging Face model directory (config, safetensors, tokenizer, model card);
 - ``importer``: Hugging Face model directory -> checkpoint at a chosen TP/PP layout;
+- ``streamed_save``: the import's save, each shard read from the HF files as it is written;
 - ``atomic``: outputs written beside their place and renamed in on success.
 
-A new family's conversion is one more module implementing :class:`~mapping.Conversion`, returned by
-its model family's ``conversion()`` (:mod:`headless_megatron.models.family`); export finds it by the
-config's ``model``, import by the HF ``model_type`` (``importer.IMPORTABLE``).
+What a family's tensors become is not here: each family's ``models/<name>/hf_conversion.py``
+implements :class:`~headless_megatron.models.hf_mapping.Conversion` with the shared mappings of
+:mod:`headless_megatron.models.hf_mapping`. Export finds a checkpoint's conversion by its config's
+``model``, import by the HF ``model_type`` (both through
+:func:`headless_megatron.models.registry.hf_conversions`).
 
 Every expected failure raises :class:`ConversionError` with a one-line message.
 """
 
-from headless_megatron.errors import UserError
+from headless_megatron.models.hf_mapping import ConversionError
 
-
-class ConversionError(UserError):
-    """A checkpoint or model directory that cannot be converted, in one line saying why."""
+__all__ = ["ConversionError"]

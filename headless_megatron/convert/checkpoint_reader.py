@@ -12,7 +12,7 @@ for every requested key, each saved chunk that overlaps the full tensor, so what
 GPUs or Megatron's model classes. Only the requested model tensors are read: the optimizer state
 (``optimizer.*``, often most of the bytes), the RNG states and the layers' ``_extra_state`` are never
 touched. Layer tensors come stacked on a leading global-layer dimension (``decoder.layers.*``), and
-embedding/output rows include Megatron's vocabulary padding (see ``convert.mapping``).
+embedding/output rows include Megatron's vocabulary padding (see ``models.hf_mapping``).
 
 Memory: ``load(keys, layer=i)`` reads one layer's slice of stacked keys and nothing else. A
 planner (:class:`_RegionPlanner`) asks DCP for that region as a local chunk
@@ -40,17 +40,18 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, Metadata
 from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from headless_megatron.config import ConfigError, TrainConfig
+from headless_megatron.config import ConfigError, TrainConfig, config_from_dict
 from headless_megatron.convert import ConversionError
 from headless_megatron.errors import first_line
-from headless_megatron.training.checkpoint import (
+from headless_megatron.training.checkpoint import root_cause
+from headless_megatron.training.run_directory import (
     COMMON_FILE,
     MEGATRON_METADATA_FILE,
     CheckpointError,
     complete_metadata,
     iteration_dir,
     latest_checkpoint,
-    root_cause,
+    read_common,
 )
 
 OPTIMIZER_PREFIX = "optimizer."
@@ -132,15 +133,15 @@ def open_checkpoint(path: str | Path, iteration: int | None = None) -> MegatronC
     except CheckpointError as error:
         raise ConversionError(str(error)) from error
     try:
-        common = torch.load(directory / COMMON_FILE, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle and zip errors alike
-        raise ConversionError(f"{directory}: cannot read {COMMON_FILE}: {first_line(error)}") from error
-    if not isinstance(common, dict) or not isinstance(common.get("config"), dict):
+        common = read_common(directory)
+    except CheckpointError as error:
+        raise ConversionError(str(error)) from error
+    if not isinstance(common.get("config"), dict):
         raise ConversionError(
             f"{directory}: not a headless-megatron checkpoint ({COMMON_FILE} has no training config)"
         )
     try:
-        config = TrainConfig.from_dict(common["config"])
+        config = config_from_dict(common["config"])
     except ConfigError as error:
         raise ConversionError(f"{directory}: the saved config is not valid here: {error}") from error
     model_tensors = {

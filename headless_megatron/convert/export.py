@@ -16,9 +16,9 @@ The tokenizer is, in this order: the one given, the config's ``tokenizer``, or t
 the first dataset of ``data_path`` (``tokenizer_for_dataset``). Its size (or the config's
 ``vocab_size`` when set) is the exported vocabulary: Megatron's padding rows are dropped.
 
-Families: decoders (``model: gpt``) export to ``LlamaForCausalLM`` (``convert.llama``), encoders
+Families: decoders (``model: gpt``) export to ``LlamaForCausalLM`` (``models/gpt/hf_conversion.py``), encoders
 (``model: bert``) to ``MegatronBertForMaskedLM``, or ``MegatronBertModel`` when headless
-(``convert.megatron_bert``). Modes (``--mode``): ``add_head`` (a headless decoder; the input
+(``models/bert/hf_conversion.py``). Modes (``--mode``): ``add_head`` (a headless decoder; the input
 embeddings serve as the LM head, the paper's "headless model used as an LM without fine-tuning"),
 ``lm`` (the trained head of a vanilla or fine-tuned decoder), ``mlm`` (encoders). The default is
 ``add_head`` for a CWT decoder, ``lm`` for another decoder, ``mlm`` for an encoder.
@@ -54,11 +54,11 @@ from headless_megatron.config import TrainConfig
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.atomic import atomic_directory, check_apart, check_output
 from headless_megatron.convert.checkpoint_reader import MegatronCheckpoint, open_checkpoint
-from headless_megatron.convert.conversions import CONVERSIONS
-from headless_megatron.convert.mapping import Conversion, TensorMapping
 from headless_megatron.data.errors import DataError
 from headless_megatron.data.tokenizer import Tokenizer
-from headless_megatron.models.family import FAMILIES, family_of
+from headless_megatron.errors import first_few
+from headless_megatron.models.hf_mapping import Conversion, TensorMapping
+from headless_megatron.models.registry import FAMILIES, family_of
 
 MODES = ("add_head", "lm", "mlm")
 WEIGHTS_PATTERN = "model{suffix}.safetensors"  # model.safetensors, or model-00001-of-00003.safetensors...
@@ -157,17 +157,13 @@ def earlier_export(directory: Path) -> str | None:
     entries = list(directory.iterdir())
     subdirectories = sorted(entry.name for entry in entries if entry.is_dir())
     if subdirectories:
-        return f"not an earlier export: it holds directories ({_first_few(subdirectories)})"
+        return f"not an earlier export: it holds directories ({first_few(subdirectories, shown=3)})"
     if not (directory / "config.json").is_file():
         return "not an earlier export: no config.json"
     card = directory / MODEL_CARD_FILE
     if not card.is_file() or MODEL_CARD_MARKER not in card.read_text(errors="replace"):
         return f"not an earlier export: no {MODEL_CARD_FILE} written by headless-megatron export-hf"
     return None
-
-
-def _first_few(names: list[str], shown: int = 3) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _run_directories(checkpoint: str | os.PathLike, source: MegatronCheckpoint) -> list[Path]:
@@ -269,9 +265,9 @@ class ShardWriter:
 
 def conversion_for(config: TrainConfig, vocab_size: int) -> Conversion:
     """The conversion of a checkpoint's model family; raises for families without an HF export."""
-    conversion = CONVERSIONS.get(family_of(config).hf_model_type)
+    conversion = family_of(config).hf_conversion()
     if conversion is None:
-        exportable = [name for name, family in FAMILIES.items() if family.hf_model_type in CONVERSIONS]
+        exportable = [name for name, family in FAMILIES.items() if family.hf_conversion() is not None]
         raise ConversionError(f"model {config.model}: no Hugging Face export (exportable: {', '.join(exportable)})")
     return conversion(config, vocab_size)
 

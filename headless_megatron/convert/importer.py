@@ -9,8 +9,8 @@ then start training from it with ``--pretrained runs/from_hf`` (or ``--load runs
 --finetune``): the checkpoint holds the model weights, the RNG states and, in ``common.pt``, a config
 built from the HF config, but no optimizer state, so a plain ``--load`` resume does not apply.
 
-How: TP x PP local CPU ranks (``run_on_ranks``, gloo, GPUs hidden) each build their pipeline
-stage of the model the training loop would build (``training.loop.build_model_stage``) on the
+How: TP x PP local CPU ranks (``run_local_ranks``, gloo, GPUs hidden) each build their pipeline
+stage of the model the training loop would build (``models.registry.build_model_stage``) on the
 ``meta`` device, for its geometry only, and save it with the training loop's own
 ``save_checkpoint`` through a streamed torch_dist strategy (``convert.streamed_save``): each
 parameter shard is read from the HF tensors through the family's mappings when the writer reaches
@@ -41,18 +41,22 @@ from typing import Any
 
 import torch
 
-from headless_megatron.config import ConfigError, TrainConfig
+from headless_megatron.config import ConfigError, TrainConfig, config_from_dict
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.atomic import atomic_directory, check_apart, check_output
-from headless_megatron.convert.conversions import CONVERSIONS
-from headless_megatron.convert.mapping import Conversion, RegionReader, TensorMapping, megatron_region
 from headless_megatron.convert.streamed_save import ShardId, TensorSource
 from headless_megatron.data.errors import DataError
-from headless_megatron.errors import first_line
-from headless_megatron.training.checkpoint import iteration_dir
+from headless_megatron.errors import first_few, first_line
+from headless_megatron.models.hf_mapping import (
+    Conversion,
+    RegionReader,
+    TensorMapping,
+    hf_tensor_names,
+    megatron_region,
+)
+from headless_megatron.models.registry import hf_conversions, validate_config
+from headless_megatron.training.run_directory import CheckpointError, iteration_dir, read_common
 
-# model_type of the HF config -> the conversion that imports it.
-IMPORTABLE = CONVERSIONS
 TOKENIZER_DIRECTORY = "tokenizer"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -137,15 +141,16 @@ def import_hf(
     check_apart(output, [directory], "model directory")
     output = check_output(output, overwrite, earlier_import)
     hf_config = _hf_config(directory)
-    family = IMPORTABLE.get(hf_config.model_type)
+    importable = hf_conversions()
+    family = importable.get(hf_config.model_type)
     if family is None:
         raise ConversionError(
-            f"{directory}: model_type {hf_config.model_type} cannot be imported; supported: {', '.join(IMPORTABLE)}"
+            f"{directory}: model_type {hf_config.model_type} cannot be imported; supported: {', '.join(importable)}"
         )
     hf_tokenizer = _tokenizer(directory, tokenizer)
     values = family.train_config_values(hf_config)
     vocab_size = max(values.pop("vocab_size"), hf_tokenizer.vocab_size)
-    config = _train_config(
+    config = imported_train_config(
         {**values, **TRAINING_PLACEHOLDERS, "vocab_size": vocab_size,
          "tokenizer": str(output.resolve() / TOKENIZER_DIRECTORY),
          "tensor_model_parallel_size": tensor_model_parallel_size,
@@ -167,12 +172,12 @@ def earlier_import(directory: Path) -> str | None:
     tokenizer, nothing else), else what it is not; only such a directory may be replaced by --overwrite."""
     extra = sorted(entry.name for entry in directory.iterdir() if entry.name not in IMPORT_ENTRIES)
     if extra:
-        return f"not an earlier import: it also holds {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"
+        return f"not an earlier import: it also holds {first_few(extra, shown=3)}"
     try:
-        common = torch.load(iteration_dir(directory, 0) / "common.pt", map_location="cpu", weights_only=True)
-    except Exception:  # missing, damaged or foreign: not ours to delete  # noqa: BLE001
-        common = None
-    if not isinstance(common, dict) or "imported_from" not in common:
+        common = read_common(iteration_dir(directory, 0))
+    except CheckpointError:  # missing, damaged or foreign: not ours to delete
+        common = {}
+    if "imported_from" not in common:
         return "not an earlier import: its iter_0000000 was not written by import-hf"
     return None
 
@@ -216,7 +221,7 @@ def _tokenizer(directory: Path, override: str | os.PathLike | None):
         raise ConversionError(f"no tokenizer: {error} (give one with --tokenizer)") from error
 
 
-def _train_config(values: dict[str, Any]) -> TrainConfig:
+def imported_train_config(values: dict[str, Any]) -> TrainConfig:
     """The config to save, checked as a training run at its layout would check it, with values that
     equal their field's default left at the default (None), as a recipe spells them: fine-tuning
     compares the saved architecture fields with the run's."""
@@ -227,9 +232,8 @@ def _train_config(values: dict[str, Any]) -> TrainConfig:
             default = dataclasses.replace(config, **{field: None})
             if getattr(default, resolved) == getattr(config, resolved):
                 config = default
-        # validate() also wants data to train on; the layout and architecture checks are the point.
-        world_size = config.tensor_model_parallel_size * config.pipeline_model_parallel_size
-        dataclasses.replace(config, mock_data=True).validate(world_size)
+        # The checks also want data to train on; the layout and architecture checks are the point.
+        validate_config(dataclasses.replace(config, mock_data=True), config.layout.model_parallel_size)
     except ConfigError as error:
         raise ConversionError(f"cannot import at this layout: {error}") from error
     return config
@@ -237,24 +241,13 @@ def _train_config(values: dict[str, Any]) -> TrainConfig:
 
 def _check_weights(weights: SafetensorsWeights, conversion: Conversion) -> None:
     """Refuse a weight file that lacks a tensor the model needs, or holds one it would drop."""
-    needed = {
-        name
-        for mapping in conversion.mappings(conversion.import_mode)
-        for layer in (range(conversion.config.num_layers) if mapping.per_layer else (None,))
-        for name in mapping.hf_names(layer)
-    }
+    needed = hf_tensor_names(conversion, conversion.import_mode)
     missing = sorted(needed - weights.names())
     if missing:
-        raise ConversionError(f"{weights.directory}: the weights lack {_first_few(missing)}")
+        raise ConversionError(f"{weights.directory}: the weights lack {first_few(missing)}")
     unused = sorted(name for name in weights.names() - needed if not conversion.unused_hf_tensor(name))
     if unused:
-        raise ConversionError(f"{weights.directory}: tensors the conversion has no place for: {_first_few(unused)}")
-
-
-def _first_few(names: list[str], shown: int = 5) -> str:
-    """Up to ``shown`` names, and how many more: a one-line message even for a whole model's worth."""
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
+        raise ConversionError(f"{weights.directory}: tensors the conversion has no place for: {first_few(unused)}")
 
 
 @contextlib.contextmanager
@@ -276,14 +269,13 @@ def _cuda_hidden() -> Iterator[None]:
 def _run_ranks(
     hf_model_type: str, config: TrainConfig, vocab_size: int, directory: Path, root: Path, provenance: str
 ) -> None:
-    from headless_megatron.runtime.local_ranks import RankFailure, run_on_ranks
+    from headless_megatron.runtime.launch import RankFailure, run_local_ranks
 
-    world_size = config.tensor_model_parallel_size * config.pipeline_model_parallel_size
     try:
-        run_on_ranks(
-            _write_stage, world_size,
+        run_local_ranks(
+            _write_stage, config.layout.model_parallel_size,
             args=(hf_model_type, config.to_dict(), vocab_size, str(directory), str(root), provenance),
-            timeout=RANKS_TIMEOUT_S, env={"CUDA_VISIBLE_DEVICES": ""},
+            timeout_s=RANKS_TIMEOUT_S, env={"CUDA_VISIBLE_DEVICES": ""},
         )
     except RankFailure as error:
         lines = [line for line in str(error).splitlines() if line.strip()]
@@ -295,20 +287,19 @@ def _write_stage(
 ) -> None:
     """One rank: describe this pipeline stage, save it (all ranks together) with every shard read
     from the HF weights as it is written."""
+    from headless_megatron.config.megatron import transformer_config
     from headless_megatron.convert.streamed_save import StreamedSaveStrategy
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
+    from headless_megatron.models.registry import build_model_stage
+    from headless_megatron.runtime.distributed import init_distributed
     from headless_megatron.training.checkpoint import save_checkpoint
-    from headless_megatron.training.loop import build_model_stage
 
-    config = TrainConfig.from_dict(config_values)
-    init_distributed(
-        ParallelLayout(config.tensor_model_parallel_size, config.pipeline_model_parallel_size), seed=config.seed
-    )
-    transformer_config = config.transformer_config(RANKS_BACKEND, on_gpu=False)
+    config = config_from_dict(config_values)
+    init_distributed(config.layout, seed=config.seed)
+    megatron_config = transformer_config(config, RANKS_BACKEND, on_gpu=False)
     # Only the stage's geometry is needed: every weight is replaced by the HF one, read when written.
     with torch.device("meta"):
-        stage = build_model_stage(config, transformer_config, config.padded_vocab_size(vocab_size), RANKS_BACKEND)
-    conversion = IMPORTABLE[hf_model_type](config, vocab_size)
+        stage = build_model_stage(config, megatron_config, config.padded_vocab_size(vocab_size), RANKS_BACKEND)
+    conversion = hf_conversions()[hf_model_type](config, vocab_size)
     sources = hf_sources(stage, conversion.mappings(conversion.import_mode), SafetensorsWeights(directory))
     common = {"config": config.to_dict(), "consumed_train_samples": 0, "imported_from": provenance}
     save_checkpoint(root, 0, [stage], None, None, common, sharded_strategy=StreamedSaveStrategy(sources))
@@ -327,13 +318,13 @@ def hf_sources(
     reads only its own region of a plain or vocabulary-row HF tensor (``megatron_region``), so a
     TP rank reads half the embedding, not all of it. Shapes are checked here, before anything is read.
     """
-    from headless_megatron.models.init import _sharded_tensors
+    from headless_megatron.models.init import sharded_tensors
     from headless_megatron.training.checkpoint import SHARDING_METADATA
 
     by_key = {mapping.megatron: mapping for mapping in mappings}
     sources: dict[ShardId, TensorSource] = {}
     covered = set()
-    for shard in _sharded_tensors(stage.sharded_state_dict(metadata=SHARDING_METADATA)):
+    for shard in sharded_tensors(stage.sharded_state_dict(metadata=SHARDING_METADATA)):
         if shard.key not in by_key:
             raise ConversionError(f"{shard.key}: no Hugging Face tensor maps to this parameter")
         prepend = shard.prepend_axis_num

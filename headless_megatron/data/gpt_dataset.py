@@ -217,3 +217,13 @@ class _MockTokenizer:
         # sample's mask depend on which sample was read first. -1 never occurs.
         self.pad = -1
         self.unique_identifiers = OrderedDict([("class", "MockTokenizer"), ("vocab_size", vocab_size)])
+
+
+def shut_down_workers(data) -> None:
+    """Stop the worker processes of a DataLoader iterator (or of each model chunk's iterator) now,
+    even while an exception's traceback still holds it (it would otherwise only stop them when
+    garbage-collected)."""
+    for iterator in data if isinstance(data, list) else [data]:
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

@@ -1,24 +1,21 @@
-"""What a model family is (GPT, BERT), and the registry that finds the family of a config.
+"""What a model family is: the interface the rest of the project knows models by.
 
-The rest of the project knows models through this interface only: the training loop (and with it
-``finetune`` and ``bench train``) builds stages, wraps data and runs forward steps through it, the
-FLOP count asks it how much attention and head it computes, ``export-hf``/``import-hf`` convert it
-to and from the Hugging Face ``model_type`` it names, and the config validation runs its
-``validate``. No module outside a
-family's own branches on ``config.model``.
+A family is one folder, ``models/<name>/``, registered in :mod:`headless_megatron.models.registry`:
 
-Adding a family:
+- ``__init__.py``: the class implementing :class:`ModelFamily` (its keys' checks, its data wiring,
+  its forward step, its FLOP terms), importing Megatron-Core only inside its methods so that
+  validating a config stays cheap;
+- ``model.py``: the Megatron-Core model of one pipeline stage, with its loss head (CWT or the
+  vanilla head);
+- ``hf_conversion.py``: its Hugging Face mapping (a
+  :class:`~headless_megatron.models.hf_mapping.Conversion`), if it has one;
+- any data wiring of its own (``bert/masking.py``: the MLM corruption).
 
-1. a module in ``models/families/`` with a class implementing :class:`ModelFamily` (its model
-   classes in ``models/``, as ``models/gpt.py`` and ``models/bert.py``);
-2. its ``name`` added to :data:`FAMILIES` below and to the choices of ``TrainConfig.model``
-   (``config/schema.py``);
-3. its keys (a ``# ---- Section ----`` of ``TrainConfig``) checked in its ``validate``;
-4. its ``hf_model_type`` (or None: no Hugging Face export or import) and a
-   :class:`~headless_megatron.convert.mapping.Conversion` for that ``model_type`` in ``convert/``,
-   listed in ``convert/conversions.py`` (the conversions depend on the families, not the reverse);
-5. a recipe in ``configs/`` and tests: ``tests/test_model_family.py`` (registry, validation, FLOPs),
-   a layout test in ``tests/test_megatron_layouts.py``, a conversion round trip.
+No module outside a family's folder branches on ``config.model``: the training loop (and with it
+``finetune`` and ``bench train``) builds stages, wraps data and runs forward steps through this
+interface, the FLOP count asks it how much attention and head it computes, ``export-hf`` and
+``import-hf`` find its conversion through the registry, and ``validate_config`` runs its
+``validate``.
 """
 
 from __future__ import annotations
@@ -26,15 +23,13 @@ from __future__ import annotations
 import typing
 from typing import Protocol
 
-from headless_megatron.models.families.bert import BertFamily
-from headless_megatron.models.families.gpt import GPTFamily
-
 if typing.TYPE_CHECKING:
     import torch
     from megatron.core.transformer.module import MegatronModule
     from torch.utils.data import Dataset
 
     from headless_megatron.config import TrainConfig
+    from headless_megatron.models.hf_mapping import Conversion
 
 
 class ModelFamily(Protocol):
@@ -46,9 +41,6 @@ class ModelFamily(Protocol):
     """What a model card calls it: "decoder" or "encoder"."""
     objective: str
     """Its vanilla objective, as a model card names it ("language modelling")."""
-    hf_model_type: str | None
-    """The Hugging Face ``model_type`` its checkpoints are exported to and imported from (the
-    conversion lives in ``convert/``), or None when it has none."""
 
     def validate(self, config: TrainConfig) -> None:
         """Raise a one-line :class:`~headless_megatron.config.ConfigError` for a key of ``config``
@@ -76,10 +68,6 @@ class ModelFamily(Protocol):
         """Positions of an iteration that ``loss: ce`` projects onto the vocabulary, given the
         iteration's ``loss_positions`` (the FLOP count of the head)."""
 
-
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (GPTFamily(), BertFamily())}
-
-
-def family_of(config: TrainConfig) -> ModelFamily:
-    """The family of ``config.model``."""
-    return FAMILIES[config.model]
+    def hf_conversion(self) -> type[Conversion] | None:
+        """Its Hugging Face conversion (``export-hf`` and ``import-hf``), or None when it has none;
+        imported when asked for, since conversions import torch."""

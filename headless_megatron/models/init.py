@@ -42,15 +42,15 @@ def _full_value(config: TransformerConfig, key: str, shape: tuple[int, ...], see
     return full
 
 
-def _sharded_tensors(sharded_state_dict):
+def sharded_tensors(sharded_state_dict):
     for value in sharded_state_dict.values():
         if isinstance(value, ShardedTensorFactory):
             built = value.build()
-            yield from _sharded_tensors(built if isinstance(built, dict) else dict(enumerate(built)))
+            yield from sharded_tensors(built if isinstance(built, dict) else dict(enumerate(built)))
         elif isinstance(value, ShardedTensor):
             yield value
         elif isinstance(value, dict):
-            yield from _sharded_tensors(value)
+            yield from sharded_tensors(value)
 
 
 @torch.no_grad()
@@ -58,7 +58,7 @@ def initialize_layout_independent(model: torch.nn.Module, config: TransformerCon
     """Overwrite every parameter of ``model`` (one pipeline chunk, unwrapped) with its shard of the
     layout-independent initial value. Call before wrapping the model in DDP."""
     covered = set()
-    for tensor in _sharded_tensors(model.sharded_state_dict()):
+    for tensor in sharded_tensors(model.sharded_state_dict()):
         if tensor.flattened_range is not None:
             raise ValueError(f"{tensor.key}: flattened shards are optimizer state, not parameters")
         prepend = tensor.prepend_axis_num

@@ -15,7 +15,6 @@ two substitutions:
 from __future__ import annotations
 
 import dataclasses
-from functools import lru_cache
 
 import torch
 from megatron.core.models.gpt.gpt_layer_specs import (
@@ -30,7 +29,6 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from headless_megatron.config.megatron import transformer_engine_available
 from headless_megatron.models.attention import SDPAttention, sdpa_supports
 
 
@@ -58,29 +56,6 @@ class TorchNorm:
         for param in norm.parameters():
             param.sequence_parallel = config.sequence_parallel
         return norm
-
-
-@lru_cache(maxsize=None)
-def apex_available() -> bool:
-    from megatron.core.fusions.fused_layer_norm import HAVE_FUSED_LAYER_NORM
-
-    return bool(HAVE_FUSED_LAYER_NORM)
-
-
-def kernel_backend(transformer_impl: str = "auto") -> str:
-    """Resolve ``transformer_impl`` (``auto``, ``transformer_engine``, ``local``) to a concrete backend."""
-    if transformer_impl == "auto":
-        return "transformer_engine" if transformer_engine_available() else "local"
-    if transformer_impl == "transformer_engine" and not transformer_engine_available():
-        raise ValueError(
-            "transformer_impl: transformer_engine needs a GPU and an importable transformer_engine; "
-            "use transformer_impl: local (or auto)"
-        )
-    if transformer_impl not in ("transformer_engine", "local"):
-        raise ValueError(
-            f"transformer_impl must be auto, transformer_engine or local, got {transformer_impl!r}"
-        )
-    return transformer_impl
 
 
 def _sp_capable(norm):

@@ -15,11 +15,11 @@ import os
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from headless_megatron.config import ParallelLayout
 from headless_megatron.errors import first_line
 from headless_megatron.runtime import cpu
 from headless_megatron.runtime.processes import kill_children
@@ -28,25 +28,6 @@ from headless_megatron.runtime.processes import kill_children
 # after a failed collective, which ranks are still alive.
 _HOST_KEY = "headless_megatron/host/{rank}"
 _ALIVE_KEY = "headless_megatron/alive/{rank}"
-
-
-@dataclass(frozen=True)
-class ParallelLayout:
-    """How the world is split. Data parallelism is whatever is left: world / (tp * pp)."""
-
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    virtual_pipeline_model_parallel_size: int | None = None
-
-    def data_parallel_size(self, world_size: int) -> int:
-        model_parallel = self.tensor_model_parallel_size * self.pipeline_model_parallel_size
-        if world_size % model_parallel:
-            raise ValueError(
-                f"world size {world_size} is not divisible by tensor_model_parallel_size x "
-                f"pipeline_model_parallel_size = {self.tensor_model_parallel_size} x "
-                f"{self.pipeline_model_parallel_size}; launch a multiple of {model_parallel} ranks"
-            )
-        return world_size // model_parallel
 
 
 def map_slurm_environment(environ: dict | None = None) -> None:
@@ -82,16 +63,19 @@ def device_for_this_rank() -> torch.device:
 
 
 def init_distributed(
-    layout: ParallelLayout = ParallelLayout(),
+    layout: ParallelLayout | None = None,
     seed: int = 1234,
     timeout_minutes: float = 10.0,
 ) -> torch.device:
     """Start the process group (NCCL on GPU, gloo on CPU) and Megatron's parallel state.
 
-    Also seeds torch and Megatron's model-parallel RNG tracker. Returns this rank's device.
-    Idempotent for the process group; the parallel state is rebuilt if it already exists.
+    ``layout`` defaults to one rank per model copy (no model parallelism). Also seeds torch and
+    Megatron's model-parallel RNG tracker. Returns this rank's device. Idempotent for the process
+    group; the parallel state is rebuilt if it already exists.
     """
     from megatron.core import parallel_state, tensor_parallel
+
+    layout = layout or ParallelLayout()
 
     map_slurm_environment()
     device = device_for_this_rank()

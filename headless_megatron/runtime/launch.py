@@ -1,6 +1,7 @@
-"""``headless-megatron <command> --nproc-per-node N ...``: start N local ranks through torchrun.
+"""Local ranks: ``headless-megatron <command> --nproc-per-node N ...`` through torchrun, and a
+function on N local CPU ranks (:func:`run_local_ranks`, for ``import-hf`` and ``bench``).
 
-The command re-runs itself as ``torchrun --standalone --nproc-per-node N -m headless_megatron
+With ``--nproc-per-node``, the command re-runs itself as ``torchrun --standalone --nproc-per-node N -m headless_megatron
 <command> ...`` (without the flag), so one command line works on a laptop, a GPU node and, with
 ``torchrun``/``srun`` written out by the user, on a cluster. The CLI has parsed and validated the
 command line before (a bad config key is one line, printed once); a rank that still fails on bad
@@ -18,8 +19,10 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
+import time
 
 from headless_megatron.errors import UsageError
 
@@ -59,6 +62,14 @@ SINGLE_PROCESS_COMMANDS = {
     "report": "it runs in one process",
     "env": "it runs in one process",
 }
+
+
+def launch_world_size() -> int:
+    """The world size this process was launched into, known before the process group exists."""
+    from headless_megatron.runtime.distributed import map_slurm_environment
+
+    map_slurm_environment()
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def launch_local_ranks(nproc: int, argv: list[str]) -> int:
@@ -120,3 +131,99 @@ def _stop_signals_passed_to_ranks():
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+# ---- A function on local CPU ranks (import-hf, bench) ----
+
+# What every rank imports anyway: the fork server imports it once, and each rank forks from it.
+RANK_PRELOAD = ["torch", "megatron.core.parallel_state", "megatron.core.models.gpt", "headless_megatron"]
+
+
+class RankFailure(RuntimeError):
+    """A local rank raised, died or did not finish in time; the message ends with its error."""
+
+
+def rank_process_context():
+    """The ``multiprocessing`` context local ranks start from: a fork server with torch and
+    Megatron-Core imported on a CPU machine (a rank then starts in a fraction of a second); fresh
+    interpreters where CUDA is available, since a process forked after CUDA was initialised (which
+    importing Megatron may do) cannot use it."""
+    import multiprocessing
+
+    import torch
+
+    if torch.cuda.is_available():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(RANK_PRELOAD)
+    return context
+
+
+def free_port() -> int:
+    """A TCP port that nothing on this host listens on now (for a local rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def join_local_world(rank: int, world_size: int, port: int, env: dict[str, str]) -> None:
+    """Make this process rank ``rank`` of a ``world_size``-rank world on this host (torchrun's
+    variables, then ``env``) and give it its share of the cores: oversubscribed intra-op threads
+    make gloo collectives crawl. ``OMP_NUM_THREADS``, when set, is that share (as for torchrun)."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
+    )
+    os.environ.update(env)
+    import torch
+
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0
+                          else max(1, (os.cpu_count() or 1) // world_size))
+
+
+def _local_rank(rank, fn, world_size, port, args, env, results) -> None:
+    join_local_world(rank, world_size, port, env)
+    try:
+        results.put((rank, fn(*args)))
+    finally:
+        from headless_megatron.runtime.distributed import destroy_distributed
+
+        with contextlib.suppress(Exception):  # the rank's own error, if any, is the one to report
+            destroy_distributed()
+
+
+def run_local_ranks(fn, world_size: int, args: tuple = (), env: dict[str, str] | None = None,
+                    timeout_s: float = 3600.0) -> list:
+    """``fn(*args)`` on ``world_size`` local ranks of one world (gloo on CPU); each rank's result,
+    by rank. ``torch.multiprocessing`` starts and watches them: when one fails the others are
+    stopped, and :class:`RankFailure` carries the failing rank's traceback."""
+    import torch.multiprocessing
+
+    context = rank_process_context()
+    results = context.SimpleQueue()
+    ranks = torch.multiprocessing.start_processes(
+        _local_rank, args=(fn, world_size, free_port(), tuple(args), env or {}, results),
+        nprocs=world_size, join=False, start_method=context.get_start_method(),
+    )
+    values: dict[int, object] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        finished = False
+        while not finished:
+            while not results.empty():  # read as they come: a full pipe would block the rank
+                rank, value = results.get()
+                values[rank] = value
+            if time.monotonic() > deadline:
+                raise RankFailure(f"{fn.__name__}: ranks did not finish within {timeout_s:.0f} s (stopped)")
+            finished = ranks.join(timeout=1.0)
+    except torch.multiprocessing.ProcessException as error:
+        raise RankFailure(str(error).strip()) from None
+    finally:
+        for process in ranks.processes:
+            if process.is_alive():
+                process.kill()
+    while not results.empty():
+        rank, value = results.get()
+        values[rank] = value
+    return [values[rank] for rank in range(world_size)]

@@ -1,13 +1,8 @@
-"""``torch_dist`` checkpoints with atomic publication, auto-resume and resharding.
-
-Layout, as in Megatron-LM: ``<save>/iter_0000100/`` (a ``dist_checkpointing`` directory: model,
-optimizer, scheduler, per-(PP, TP)-rank RNG states, and in ``common.pt`` the iteration, consumed
-samples and the full config) and ``<save>/latest_checkpointed_iteration.txt``.
-
-A checkpoint is written to ``iter_XXXXXXX.tmp/``; after every rank has finished writing, rank 0
-renames it into place and only then rewrites the tracker file (itself through a temporary file and
-an atomic rename). A run killed while saving therefore leaves the previous checkpoint as the one
-that is loaded, and a half-written directory never looks complete.
+"""``torch_dist`` checkpoints through Megatron-Core's ``dist_checkpointing``: what a save holds (model
+chunks, optimizer, scheduler, RNG states, the common state), and the adaptations megatron-core
+0.16.1 needs on CPU and with torch's Adam. Where a checkpoint goes and how it is published are
+:mod:`~headless_megatron.training.run_directory`'s; which one a run starts from is
+:mod:`~headless_megatron.training.resume`'s.
 
 The optimizer state is saved ``fully_reshardable`` (each parameter's state in its canonical,
 layout-free shape), so a run may resume with another TP/PP/DP layout than the one that saved it.
@@ -15,11 +10,7 @@ layout-free shape), so a run may resume with another TP/PP/DP layout than the on
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import shutil
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +21,20 @@ from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-from headless_megatron.errors import UserError, first_line
+from headless_megatron.config import config_from_dict
+from headless_megatron.errors import first_line
 from headless_megatron.runtime.processes import helper_process_setup
+from headless_megatron.training.run_directory import (
+    CheckpointError,
+    iteration_dir,
+    latest_checkpoint,
+    prepare_staging,
+    publish,
+    read_common,
+    staging_dir,
+)
 from headless_megatron.training.signals import stop_signals_deferred
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
-COMMON_FILE = "common.pt"
-DCP_METADATA_FILE = ".metadata"
-MEGATRON_METADATA_FILE = "metadata.json"
 CHECKPOINT_VERSION = 3.0
 # Read back by the loader of the optimizer state; stored in the checkpoint's metadata.json.
 SHARDING_METADATA = {
@@ -45,119 +42,6 @@ SHARDING_METADATA = {
     "chained_optim_avoid_prefix": True,
     "singleton_local_shards": False,
 }
-
-
-class CheckpointError(UserError):
-    """A checkpoint that should exist is missing, unreadable or incompatible (one-line message)."""
-
-
-def iteration_dir(root: str | Path, iteration: int) -> Path:
-    return Path(root) / f"iter_{iteration:07d}"
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The latest published checkpoint under ``root``, or None when it holds none.
-
-    That is the iteration the tracker names or, without a tracker (deleted, or lost in a copy),
-    the newest ``iter_NNNNNNN`` directory. Its completeness is not checked here: see
-    :func:`checkpoint_to_resume`.
-    """
-    root = Path(root)
-    tracker = root / TRACKER_FILE
-    if not tracker.exists():
-        published = published_iterations(root)
-        return published[-1] if published else None
-    text = tracker.read_text().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
-    path = iteration_dir(root, int(text))
-    if not (path / MEGATRON_METADATA_FILE).is_file():
-        raise CheckpointError(f"{tracker} names iteration {text}, but {path} is missing or incomplete")
-    return path
-
-
-def checkpoint_to_resume(root: str | Path, fallback: bool = False) -> tuple[Path | None, str]:
-    """The checkpoint a run resumes from under ``root``, verified complete, and a note for the log
-    ("" when it is simply the tracker's), or (None, "") when ``root`` holds no checkpoint.
-
-    An incomplete latest checkpoint (a shard missing or cut short) is an error naming the file,
-    unless ``fallback``: then the newest complete earlier one is used.
-    """
-    latest = latest_checkpoint(root)
-    if latest is None:
-        return None, ""
-    tracked = (Path(root) / TRACKER_FILE).exists()
-    note = "" if tracked else f"no {TRACKER_FILE} in {root}: resuming from its newest complete checkpoint"
-    problem = checkpoint_problem(latest)
-    if problem is None:
-        return latest, note
-    if fallback or not tracked:
-        earlier = [p for p in published_iterations(root) if _iteration_of(p) < _iteration_of(latest)]
-        for candidate in reversed(earlier):
-            if checkpoint_problem(candidate) is None:
-                return candidate, note or f"{problem}; falling back to the previous complete checkpoint"
-        raise CheckpointError(f"{problem}, and no earlier checkpoint is complete")
-    raise CheckpointError(f"{problem}; resume from the previous complete checkpoint with --load-fallback")
-
-
-def published_iterations(root: str | Path) -> list[Path]:
-    """The ``iter_NNNNNNN`` directories under ``root`` (not the ``.tmp`` staging ones), oldest first."""
-    found = [p for p in Path(root).glob("iter_*") if p.is_dir() and p.name[5:].isdigit()]
-    return sorted(found, key=_iteration_of)
-
-
-def _iteration_of(path: Path) -> int:
-    return int(path.name[5:])
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` is not a complete checkpoint (one line naming the file), or None when it is.
-
-    The check of ``export-hf``'s reader: Megatron's and DCP's metadata readable, and every file the
-    metadata references present at its full size.
-    """
-    if not (path / MEGATRON_METADATA_FILE).is_file():
-        return f"{path}: incomplete checkpoint: {MEGATRON_METADATA_FILE} is missing"
-    try:
-        complete_metadata(path)
-    except CheckpointError as error:
-        return str(error)
-    return None
-
-
-def complete_metadata(directory: Path):
-    """DCP's metadata of ``directory``, after checking that every file it references is whole
-    (a :class:`CheckpointError` naming the file otherwise)."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    try:
-        backend = json.loads((directory / MEGATRON_METADATA_FILE).read_text()).get("sharded_backend")
-    except (OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{directory}: incomplete checkpoint: unreadable {MEGATRON_METADATA_FILE} ({error})"
-        ) from error
-    if backend != "torch_dist":
-        raise CheckpointError(f"{directory}: a {backend} checkpoint; only torch_dist checkpoints are read")
-    for name in (COMMON_FILE, DCP_METADATA_FILE):
-        if not (directory / name).is_file():
-            raise CheckpointError(f"{directory}: incomplete checkpoint: {name} is missing")
-    try:
-        metadata = FileSystemReader(str(directory)).read_metadata()
-    except Exception as error:  # unpickling a damaged file can raise anything
-        raise CheckpointError(f"{directory}: incomplete checkpoint: unreadable {DCP_METADATA_FILE} "
-                              f"({first_line(error)})") from error
-    needed_bytes: dict[str, int] = defaultdict(int)
-    for info in (metadata.storage_data or {}).values():
-        needed_bytes[info.relative_path] = max(needed_bytes[info.relative_path], info.offset + info.length)
-    for name, size in sorted(needed_bytes.items()):
-        file = directory / name
-        if not file.is_file():
-            raise CheckpointError(f"{directory}: incomplete checkpoint: {name} is missing")
-        if file.stat().st_size < size:
-            raise CheckpointError(
-                f"{directory}: incomplete checkpoint: {name} is truncated ({file.stat().st_size} of {size} bytes)"
-            )
-    return metadata
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -314,11 +198,9 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
 
     ``sharded_strategy``: how ``dist_checkpointing`` writes the tensors (default: Megatron's torch_dist
     strategy; an import passes one that reads each tensor from the source model as it is written)."""
-    final = iteration_dir(root, iteration)
-    staging = final.with_name(final.name + ".tmp")
+    staging = staging_dir(root, iteration)
     if dist.get_rank() == 0:
-        shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed while saving
-        staging.mkdir(parents=True)
+        prepare_staging(root, iteration)
     dist.barrier()
     common = {**common, "iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}
     state = _sharded_state_dict(model_chunks, optimizer, scheduler, common, is_loading=False, with_rng=True)
@@ -328,15 +210,9 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
         dist_checkpointing.save(state, str(staging), sharded_strategy, content_metadata=SHARDING_METADATA)
     dist.barrier()
     if dist.get_rank() == 0:
-        if final.exists():  # saving the same iteration again (e.g. after a resume)
-            shutil.rmtree(final)
-        os.rename(staging, final)
-        tracker = Path(root) / TRACKER_FILE
-        pending = tracker.with_name(tracker.name + ".tmp")
-        pending.write_text(f"{iteration}\n")
-        os.replace(pending, tracker)
+        publish(root, iteration)
     dist.barrier()
-    return final
+    return iteration_dir(root, iteration)
 
 
 def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, load_rng: bool = True) -> dict:
@@ -344,12 +220,7 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
 
     Returns the checkpoint's common state (``iteration``, ``consumed_train_samples``, ``config``...).
     """
-    try:
-        common = dist_checkpointing.load_common_state_dict(str(path))
-    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same clear error
-        raise CheckpointError(
-            f"{path}: not a readable torch_dist checkpoint ({type(error).__name__}: {error})"
-        ) from error
+    common = read_common(path)
     saved = common.get("config", {})
     same_layout = (
         saved.get("tensor_model_parallel_size") == ps.get_tensor_model_parallel_world_size()
@@ -396,14 +267,10 @@ def load_pretrained_weights(root: str | Path, model_chunks, config) -> dict:
     """
     path = latest_checkpoint(root) or Path(root)
     try:
-        common = dist_checkpointing.load_common_state_dict(str(path))
-    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same clear error
-        raise CheckpointError(
-            f"pretrained: {path} is not a readable torch_dist checkpoint ({type(error).__name__})"
-        ) from error
-    from headless_megatron.config import TrainConfig
-
-    saved = TrainConfig.from_dict(common["config"])
+        common = read_common(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"pretrained: {error}") from error
+    saved = config_from_dict(common["config"])
     for key in ARCHITECTURE_KEYS:
         if getattr(saved, key) != getattr(config, key):
             raise CheckpointError(

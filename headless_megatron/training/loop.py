@@ -8,46 +8,41 @@ through its pipeline stage (1F1B p2p when PP > 1; interleaved 1F1B over the rank
 scaling over the global batch) -> ``optimizer.step()`` (clip, Adam, all-gather of updated shards) ->
 ``OptimizerParamScheduler.step`` -> metrics, validation, checkpoint.
 
-The loop knows models through their family (:mod:`headless_megatron.models.family`) only.
+The loop knows models through their family (:mod:`headless_megatron.models.registry`) only; what a
+run starts from is :mod:`~headless_megatron.training.resume`'s, how a checkpoint is written
+:mod:`~headless_megatron.training.checkpoint`'s.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
 from headless_megatron.config import TrainConfig
-from headless_megatron.cwt import CWTOptions
-from headless_megatron.data.gpt_dataset import build_gpt_datasets, check_data, micro_batches
-from headless_megatron.models.family import ModelFamily, family_of
-from headless_megatron.models.specs import kernel_backend
-from headless_megatron.runtime.distributed import ParallelLayout, init_distributed, naming_lost_ranks
-from headless_megatron.training.checkpoint import (
-    CheckpointError,
-    checkpoint_to_resume,
-    latest_checkpoint,
-    load_checkpoint,
-    load_pretrained_weights,
-    save_checkpoint,
-)
+from headless_megatron.config.megatron import kernel_backend, transformer_config
+from headless_megatron.data.gpt_dataset import build_gpt_datasets, check_data, micro_batches, shut_down_workers
+from headless_megatron.models.family import ModelFamily
+from headless_megatron.models.registry import build_model_stage, family_of, validate_config
+from headless_megatron.runtime.distributed import init_distributed, naming_lost_ranks
+from headless_megatron.runtime.launch import launch_world_size
+from headless_megatron.training.checkpoint import save_checkpoint
 from headless_megatron.training.metrics import (
     CandidateCounter,
     MetricsLogger,
     head_flops,
     transformer_flops_per_token,
 )
+from headless_megatron.training.optimizer import build_optimizer, build_scheduler
+from headless_megatron.training.resume import resume
+from headless_megatron.training.run_directory import metrics_file, wandb_run_id
 from headless_megatron.training.signals import StopConditions, kill_helpers_at_exit
 
 
@@ -67,14 +62,6 @@ class RunSummary:
     skipped_iterations: int = 0
 
 
-def launch_world_size() -> int:
-    """The world size this process was launched into, known before the process group exists."""
-    from headless_megatron.runtime.distributed import map_slurm_environment
-
-    map_slurm_environment()
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def start_trainer(config: TrainConfig) -> Trainer:
     """Validate ``config`` for this launch, start the parallel runtime and build this rank's
     :class:`Trainer` (model, optimizer, scheduler, data; the checkpoint to resume is loaded).
@@ -83,16 +70,8 @@ def start_trainer(config: TrainConfig) -> Trainer:
     drive a trainer step by step all start here, so what runs is what the CLI runs.
     """
     kill_helpers_at_exit()
-    config.validate(launch_world_size())
-    device = init_distributed(
-        ParallelLayout(
-            config.tensor_model_parallel_size,
-            config.pipeline_model_parallel_size,
-            config.virtual_pipeline_model_parallel_size,
-        ),
-        seed=config.seed,
-        timeout_minutes=config.distributed_timeout_minutes,
-    )
+    validate_config(config, launch_world_size())
+    device = init_distributed(config.layout, seed=config.seed, timeout_minutes=config.distributed_timeout_minutes)
     with naming_lost_ranks():
         return Trainer(config, device)
 
@@ -102,27 +81,6 @@ def pretrain(config: TrainConfig) -> RunSummary:
     trainer = start_trainer(config)
     with naming_lost_ranks():
         return trainer.train()
-
-
-def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int, backend: str,
-                      vp_stage: int | None = None):
-    """This pipeline stage (or its model chunk ``vp_stage``) of the model ``config`` describes, with
-    layout-independent initial weights."""
-    cwt = None
-    if config.loss == "cwt":
-        cwt = CWTOptions(config.cwt_temperature, config.cwt_duplicates, config.cwt_negatives)
-    return family_of(config).build_stage(
-        config,
-        transformer_config,
-        vocab_size=padded_vocab,
-        max_sequence_length=config.max_positions,
-        seed=config.seed,
-        backend=backend,
-        position_embedding_type=config.position_embedding_type,
-        share_embeddings_and_output_weights=config.share_embeddings_and_output_weights,
-        cwt=cwt,
-        vp_stage=vp_stage,
-    )
 
 
 def _loss_func(loss_mask, count_candidates, output):
@@ -160,7 +118,7 @@ class Trainer:
         vocab = config.vocab_size or self.tokenizer.vocab_size
         self.padded_vocab = config.padded_vocab_size(vocab)
         backend = kernel_backend(config.transformer_impl)
-        self.transformer_config = config.transformer_config(backend)
+        self.transformer_config = transformer_config(config, backend)
         self.transformer_config.finalize_model_grads_func = finalize_model_grads
         # One model chunk per virtual pipeline stage (interleaved 1F1B), else one per rank.
         virtual_stages = config.virtual_pipeline_model_parallel_size
@@ -171,41 +129,11 @@ class Trainer:
         if config.overlap_grad_reduce:
             no_sync = [chunk.no_sync for chunk in self.model_chunks]
             self.transformer_config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
-        self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(
-                optimizer=config.optimizer,
-                lr=config.lr,
-                min_lr=config.min_lr,
-                weight_decay=config.weight_decay,
-                adam_beta1=config.adam_beta1,
-                adam_beta2=config.adam_beta2,
-                adam_eps=config.adam_eps,
-                sgd_momentum=config.sgd_momentum,
-                clip_grad=config.clip_grad,
-                bf16=config.bf16,
-                fp16=config.fp16,
-                params_dtype=self.transformer_config.params_dtype,
-                initial_loss_scale=config.initial_loss_scale,
-                use_distributed_optimizer=config.use_distributed_optimizer,
-            ),
-            self.model_chunks,
-        )
+        self.optimizer = build_optimizer(config, self.model_chunks, self.transformer_config.params_dtype)
         if config.fp16:
             self.transformer_config.grad_scale_func = self.optimizer.scale_loss
-        self.scheduler = OptimizerParamScheduler(
-            self.optimizer,
-            init_lr=0.0,
-            max_lr=config.lr,
-            min_lr=config.min_lr,
-            lr_warmup_steps=config.lr_warmup_iters,
-            lr_decay_steps=config.decay_iters,
-            lr_decay_style=config.lr_decay_style,
-            start_wd=config.weight_decay,
-            end_wd=config.weight_decay,
-            wd_incr_steps=config.train_iters,
-            wd_incr_style="constant",
-        )
-        self.iteration = self._resume()
+        self.scheduler = build_scheduler(config, self.optimizer)
+        self.iteration = resume(config, self.model_chunks, self.optimizer, self.scheduler, self._say)
         self.skipped_iterations = self.skipped_in_a_row = 0
         self.train_data, self.valid_data, _ = build_gpt_datasets(config, self.tokenizer)
         self.train_data, self.valid_data = (
@@ -222,7 +150,7 @@ class Trainer:
         # Created last, so that a run refused while setting up leaves no empty save directory.
         self.logger = MetricsLogger(
             config, config.metrics_dir, self.iteration, dist.get_rank() == 0, self.world_size,
-            wandb_id=wandb_run_id(config.metrics_dir) if config.wandb_enabled else None,
+            wandb_id=wandb_run_id(config.metrics_dir, dist.get_rank() == 0) if config.wandb_enabled else None,
         )
         self.body_flops = transformer_flops_per_token(config) * config.tokens_per_iteration
 
@@ -268,62 +196,10 @@ class Trainer:
             return None
         return tokenizer_for_dataset(self.config.data_blend()[0][0])
 
-    def _resume(self) -> int:
-        """Load ``config.load`` (auto-resume) and return the iteration to continue from."""
-        config = self.config
-        path, note = checkpoint_to_resume(config.load, config.load_fallback) if config.load else (None, "")
-        if path is None:
-            self._refuse_to_overwrite_another_run()
-        if path is None and config.pretrained:
-            common = load_pretrained_weights(config.pretrained, self.model_chunks, config)
-            if dist.get_rank() == 0:
-                print(f"starting from the weights of {config.pretrained} (iteration {common['iteration']})", flush=True)
-            return 0
-        if not config.load:
-            return 0
-        if path is None:
-            if config.save and Path(config.save).resolve() == Path(config.load).resolve():
-                if dist.get_rank() == 0:  # the first run of an auto-resuming job
-                    print(f"load: no checkpoint in {config.load} yet; starting from iteration 0", flush=True)
-                return 0
-            raise CheckpointError(
-                f"load: no checkpoint in {config.load} (no latest_checkpointed_iteration.txt); "
-                "point load at a save directory, or drop load to start from scratch"
-            )
-        if note and dist.get_rank() == 0:
-            print(note, flush=True)
-        load_optimizer = not (config.no_load_optim or config.finetune)
-        common = load_checkpoint(
-            path,
-            self.model_chunks,
-            self.optimizer if load_optimizer else None,
-            self.scheduler if load_optimizer else None,
-            load_rng=not (config.no_load_rng or config.finetune),
-        )
+    @staticmethod
+    def _say(line: str) -> None:
         if dist.get_rank() == 0:
-            print(f"loaded {path} (iteration {common['iteration']})", flush=True)
-        if config.finetune:
-            self._refuse_to_overwrite_another_run()
-            return 0
-        return int(common["iteration"])
-
-    def _refuse_to_overwrite_another_run(self) -> None:
-        """A run that starts at iteration 0 must not save over another run's checkpoints (its
-        iter_NNNNNNN would replace theirs one by one) nor append a second run to its metrics. The
-        first run of an auto-resuming job (load equal to save, nothing saved yet) may append: the
-        re-done iterations replace the earlier ones for ``report``."""
-        config = self.config
-        if config.save and latest_checkpoint(config.save) is not None:
-            raise CheckpointError(
-                f"save: {config.save} holds the checkpoints of another run and this run starts from iteration 0; "
-                f"resume it with --load {config.save}, or save to a new directory"
-            )
-        auto_resuming = config.load and config.save and Path(config.load).resolve() == Path(config.save).resolve()
-        metrics = Path(config.metrics_dir) / "metrics.jsonl" if config.metrics_dir else None
-        if metrics is not None and metrics.exists() and not auto_resuming:
-            raise CheckpointError(
-                f"{metrics} holds the metrics of another run; give this run a new save (or log_dir) directory"
-            )
+            print(line, flush=True)
 
     def _run_schedule(self, data, num_microbatches: int, forward_only: bool) -> torch.Tensor:
         """Forward (and backward) over ``num_microbatches``; global [loss sum, tokens, K x U] on all ranks."""
@@ -455,35 +331,7 @@ class Trainer:
             stop.restore()
             shut_down_workers(data)
         self.logger.close()
-        metrics = str(Path(config.metrics_dir) / "metrics.jsonl") if config.metrics_dir else None
-        return RunSummary(self.iteration, losses[-1] if losses else float("nan"), val_loss, checkpoint, metrics,
+        metrics = metrics_file(config)
+        return RunSummary(self.iteration, losses[-1] if losses else float("nan"), val_loss, checkpoint,
+                          None if metrics is None else str(metrics),
                           losses, stopped_by, self.skipped_iterations)
-
-
-def shut_down_workers(data) -> None:
-    """Stop the worker processes of a DataLoader iterator (or of each model chunk's iterator) now,
-    even while an exception's traceback still holds it (it would otherwise only stop them when
-    garbage-collected)."""
-    for iterator in data if isinstance(data, list) else [data]:
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-
-
-WANDB_ID_FILE = "wandb_run_id.txt"
-
-
-def wandb_run_id(directory: str | None) -> str | None:
-    """The Weights & Biases run id of the run saved in ``directory``, created on its first start
-    and kept there, so that a requeued or resumed job continues the same W&B run."""
-    if directory is None:
-        return None
-    path = Path(directory) / WANDB_ID_FILE
-    if dist.get_rank() == 0 and not path.exists():
-        import uuid
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pending = path.with_name(path.name + ".tmp")
-        pending.write_text(uuid.uuid4().hex[:16] + "\n")
-        os.replace(pending, path)
-    return path.read_text().strip() if dist.get_rank() == 0 else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from headless_megatron.models.family import family_of
+from headless_megatron.models.registry import family_of
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device-name fragment, for MFU.
 PEAK_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}

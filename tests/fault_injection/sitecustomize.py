@@ -1,4 +1,4 @@
-"""Fault injection for tests that run the real command line (``tests/faults.py``).
+"""Fault injection for tests that run the real command line (``tests/fault_runs.py``).
 
 On ``PYTHONPATH``, Python imports this module at the start of every process; it does nothing unless
 ``HM_FAULT`` is set. ``HM_FAULT="ACTION PHASE ITERATION [RANK]"``: when rank RANK (default 0) is in

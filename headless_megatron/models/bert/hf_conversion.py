@@ -45,8 +45,7 @@ from typing import Any
 import torch
 
 from headless_megatron.config import TrainConfig
-from headless_megatron.convert import ConversionError
-from headless_megatron.convert.mapping import LAYER, TensorMapping, qkv_mapping, vocab_rows_mapping
+from headless_megatron.models.hf_mapping import LAYER, ConversionError, TensorMapping, qkv_mapping, vocab_rows_mapping
 
 BERT_STYLE = "LayerNorm, a GELU MLP, learned absolute positions, linear biases and multi-head attention"
 MASKED_LM = "MegatronBertForMaskedLM"

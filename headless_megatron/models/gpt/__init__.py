@@ -7,7 +7,8 @@ so that validating a config stays cheap.
 
 from __future__ import annotations
 
-from headless_megatron.config.schema import TrainConfig, fail, field_defaults
+from headless_megatron.config.fields import fail
+from headless_megatron.config.schema import TrainConfig, field_defaults
 
 # Keys of the masked-LM objective: a decoder learns every next token, so a value set here for a GPT
 # would be ignored without a word.
@@ -15,12 +16,11 @@ _MASKED_LM_KEYS = ("masking", "mask_prob")
 
 
 class GPTFamily:
-    """:class:`~headless_megatron.models.family.ModelFamily` of :mod:`headless_megatron.models.gpt`."""
+    """:class:`~headless_megatron.models.family.ModelFamily` of :mod:`headless_megatron.models.gpt.model`."""
 
     name = "gpt"
     kind = "decoder"
     objective = "language modelling"
-    hf_model_type = "llama"  # LlamaForCausalLM
 
     def validate(self, config: TrainConfig) -> None:
         if config.mlm_project_masked_only:
@@ -31,7 +31,7 @@ class GPTFamily:
                 fail(key, "applies to model bert only (a GPT learns every next token); remove it")
 
     def build_stage(self, config: TrainConfig, transformer_config, **stage_arguments):
-        from headless_megatron.models.gpt import build_gpt_stage
+        from headless_megatron.models.gpt.model import build_gpt_stage
 
         return build_gpt_stage(
             transformer_config, rotary_base=config.rotary_base, rotary_percent=config.rotary_percent,
@@ -49,3 +49,8 @@ class GPTFamily:
 
     def projected_positions(self, config: TrainConfig, loss_positions: int) -> int:
         return config.tokens_per_iteration
+
+    def hf_conversion(self):
+        from headless_megatron.models.gpt.hf_conversion import LlamaConversion
+
+        return LlamaConversion

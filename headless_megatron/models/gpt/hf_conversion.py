@@ -33,8 +33,14 @@ from typing import Any
 import torch
 
 from headless_megatron.config import TrainConfig
-from headless_megatron.convert import ConversionError
-from headless_megatron.convert.mapping import LAYER, TensorMapping, gated_fc1_mapping, qkv_mapping, vocab_rows_mapping
+from headless_megatron.models.hf_mapping import (
+    LAYER,
+    ConversionError,
+    TensorMapping,
+    gated_fc1_mapping,
+    qkv_mapping,
+    vocab_rows_mapping,
+)
 
 HF_LAYER = f"model.layers.{LAYER}."
 # Not weights: the rotary frequencies that older transformers versions saved.

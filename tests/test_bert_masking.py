@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from headless_megatron.data.mlm_dataset import MaskedLMDataset, Masking, mask_tokens
+from headless_megatron.models.bert.masking import MaskedLMDataset, Masking, mask_tokens
 
 VOCAB, SEQ, SEQUENCES = 1000, 128, 10_000
 SPECIALS = (0, 1, 2)  # eod, pad, mask

@@ -8,7 +8,8 @@ so that validating a config stays cheap.
 
 from __future__ import annotations
 
-from headless_megatron.config.schema import TrainConfig, fail
+from headless_megatron.config.fields import fail
+from headless_megatron.config.schema import TrainConfig
 
 
 class BertFamily:
@@ -17,7 +18,6 @@ class BertFamily:
     name = "bert"
     kind = "encoder"
     objective = "masked language modelling"
-    hf_model_type = "megatron-bert"  # MegatronBertForMaskedLM, or MegatronBertModel when headless
 
     def validate(self, config: TrainConfig) -> None:
         if config.mlm_project_masked_only and config.loss != "ce":
@@ -26,14 +26,14 @@ class BertFamily:
             fail("mlm_project_masked_only", "not supported with sequence_parallel; drop one of them")
 
     def build_stage(self, config: TrainConfig, transformer_config, **stage_arguments):
-        from headless_megatron.models.bert import build_bert_stage
+        from headless_megatron.models.bert.model import build_bert_stage
 
         return build_bert_stage(
             transformer_config, project_masked_only=config.mlm_project_masked_only, **stage_arguments
         )
 
     def wrap_data(self, config: TrainConfig, tokenizer, windows):
-        from headless_megatron.data.mlm_dataset import MaskedLMDataset
+        from headless_megatron.models.bert.masking import MaskedLMDataset
 
         return MaskedLMDataset(windows, masking_for(config, tokenizer), config.seed)
 
@@ -47,10 +47,15 @@ class BertFamily:
         # mlm_project_masked_only: the head sees the loss (masked) positions alone
         return loss_positions if config.mlm_project_masked_only else config.tokens_per_iteration
 
+    def hf_conversion(self):
+        from headless_megatron.models.bert.hf_conversion import MegatronBertConversion
+
+        return MegatronBertConversion
+
 
 def masking_for(config: TrainConfig, tokenizer):
     """The MLM corruption of ``config`` with ``tokenizer``'s mask and special ids (mock data: the last ids)."""
-    from headless_megatron.data.mlm_dataset import Masking
+    from headless_megatron.models.bert.masking import Masking
 
     vocab = config.vocab_size or tokenizer.vocab_size
     if tokenizer is None:

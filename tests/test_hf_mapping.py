@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headless_megatron.convert.mapping import (
+from headless_megatron.models.hf_mapping import (
     TensorMapping,
     megatron_region,
     megatron_tensor,

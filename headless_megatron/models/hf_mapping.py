@@ -1,4 +1,6 @@
-"""What every model family's conversion shares: tensor mappings, Megatron's fused layouts, the contract.
+"""What every model family's Hugging Face conversion shares: tensor mappings, Megatron's fused
+layouts, the :class:`Conversion` contract and its :class:`ConversionError`. Each family's own
+mapping is its ``hf_conversion.py``; :mod:`headless_megatron.convert` runs them (export, import).
 
 A :class:`TensorMapping` ties one Megatron-Core checkpoint tensor to the Hugging Face tensors it
 becomes, with the two functions between them. Checkpoint keys of transformer layers
@@ -28,6 +30,12 @@ from typing import Protocol
 import torch
 
 from headless_megatron.config import TrainConfig
+from headless_megatron.errors import UserError
+
+
+class ConversionError(UserError):
+    """A checkpoint or model directory that cannot be converted, in one line saying why."""
+
 
 LAYER = "{layer}"
 STACKED_LAYER_PREFIXES = ("decoder.layers.", "encoder.layers.")
@@ -279,3 +287,13 @@ class Conversion(Protocol):
     @classmethod
     def train_config_values(cls, hf_config) -> dict:
         """The architecture fields (and ``vocab_size``) of a ``TrainConfig`` for ``hf_config``."""
+
+
+def hf_tensor_names(conversion: Conversion, mode: str) -> set[str]:
+    """Every HF tensor name the mappings of ``mode`` read or write, each layer's spelled out."""
+    return {
+        name
+        for mapping in conversion.mappings(mode)
+        for layer in (range(conversion.config.num_layers) if mapping.per_layer else (None,))
+        for name in mapping.hf_names(layer)
+    }

@@ -1,6 +1,6 @@
 """Run a function on N local ranks (gloo on CPU): multi-rank tests become ordinary tests.
 
-    from headless_megatron.runtime.local_ranks import run_on_ranks
+    from local_ranks import run_on_ranks
 
     def _check(layout):                     # module level, so that it can be pickled
         device = init_distributed(layout)
@@ -13,65 +13,28 @@ Ranks are forked from a server process that has torch and Megatron-Core already 
 saves several seconds per rank. A failing rank's traceback is raised in the caller (with every other
 failing rank's); ranks that are still running are killed, and a rank that does not report within the
 timeout fails the call with the list of ranks that hung.
+
+The package's own :func:`~headless_megatron.runtime.launch.run_local_ranks` (import-hf, bench)
+reports the first failing rank; a test wants every rank's traceback, and keyword arguments.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import pickle
 import queue
-import socket
 import time
 import traceback
 from typing import Any, Callable, Sequence
 
-_PRELOAD = ["torch", "megatron.core.parallel_state", "megatron.core.models.gpt", "headless_megatron"]
-_context = None
+from headless_megatron.runtime.launch import free_port, join_local_world, rank_process_context
 
 
 class RankFailure(RuntimeError):
     """One or more ranks raised or hung; the message carries each rank's traceback."""
 
 
-def _get_context():
-    global _context
-    if _context is None:
-        import torch
-
-        if torch.cuda.is_available():
-            # Importing Megatron in the fork server can initialise CUDA there, and a forked child
-            # cannot use CUDA then: GPU ranks start from scratch.
-            _context = multiprocessing.get_context("spawn")
-        else:
-            _context = multiprocessing.get_context("forkserver")
-            _context.set_forkserver_preload(_PRELOAD)
-    return _context
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _rank_entry(fn, rank, world_size, port, args, kwargs, extra_env, results):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size),
-    )
-    os.environ.update(extra_env)
-    import torch
-
-    # Oversubscribing the cores with intra-op threads makes gloo collectives crawl. OMP_NUM_THREADS,
-    # when set, is the share of the cores this caller has (torchrun reads it the same way).
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0
-                          else max(1, (os.cpu_count() or 1) // world_size))
+    join_local_world(rank, world_size, port, extra_env)
     try:
         value = fn(*args, **kwargs)
         results.put((rank, True, pickle.dumps(value)))
@@ -95,7 +58,7 @@ def run_on_ranks(
     env: dict[str, str] | None = None,
 ) -> list[Any]:
     """Run ``fn(*args, **kwargs)`` on ``world_size`` ranks; return the per-rank results, by rank."""
-    context = _get_context()
+    context = rank_process_context()
     results = context.Queue()
     port = free_port()
     processes = [

@@ -1,5 +1,5 @@
-"""The model-family interface: the registry, each family's own config checks, its FLOP terms and its
-Hugging Face conversion."""
+"""The model registry and the family interface: each family's own config checks, its FLOP terms and
+its Hugging Face conversion."""
 
 import re
 import subprocess
@@ -9,26 +9,35 @@ from pathlib import Path
 import pytest
 
 from headless_megatron.config import ConfigError, parse_config
-from headless_megatron.config.schema import field_types
-from headless_megatron.models.family import FAMILIES, ModelFamily, family_of
+from headless_megatron.models.family import ModelFamily
+from headless_megatron.models.registry import FAMILIES, family_of, hf_conversions, validate_config
 from headless_megatron.training.metrics import transformer_flops_per_token
 
 ROOT = Path(__file__).parent.parent
 RECIPES = sorted(str(path) for path in (ROOT / "configs").glob("*.yaml"))
 INTERFACE = ("name", "kind", "objective", "validate", "build_stage", "wrap_data", "forward",
-             "attended_positions", "projected_positions", "hf_model_type")
+             "attended_positions", "projected_positions", "hf_conversion")
 
 
 def tiny(recipe: str, *flags: str):
     return parse_config(["--config", f"configs/{recipe}.yaml", "--mock-data", "--vocab-size", "512", *flags])
 
 
-def test_every_model_choice_has_one_family_implementing_the_interface():
-    assert set(FAMILIES) == set(field_types()["model"].choices) == {"gpt", "bert"}
+def test_every_registered_family_implements_the_interface():
+    assert set(FAMILIES) == {"gpt", "bert"}
     for name, family in FAMILIES.items():
         assert family.name == name
         assert all(hasattr(family, member) for member in INTERFACE)
         assert set(INTERFACE) >= {member for member in vars(ModelFamily) if not member.startswith("_")}
+
+
+def test_an_unknown_model_is_one_line_naming_the_families():
+    config = tiny("gpt_headless_tiny", "--model", "gtp")
+    expected = "model: expected one of gpt, bert, got 'gtp' (did you mean 'gpt'?)"
+    for check in (lambda: family_of(config), lambda: validate_config(config, 1)):
+        with pytest.raises(ConfigError) as error:
+            check()
+        assert str(error.value) == expected
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: Path(path).stem)
@@ -53,7 +62,7 @@ def test_each_recipe_finds_its_family(recipe):
 def test_each_family_refuses_its_keys_in_one_line(recipe, flags, message):
     config = tiny(recipe, *flags)
     with pytest.raises(ConfigError) as error:
-        config.validate(config.tensor_model_parallel_size)
+        validate_config(config, config.tensor_model_parallel_size)
     assert str(error.value) == message
     with pytest.raises(ConfigError, match=re.escape(message)):
         family_of(config).validate(config)
@@ -62,7 +71,7 @@ def test_each_family_refuses_its_keys_in_one_line(recipe, flags, message):
 def test_bert_takes_its_keys_and_gpt_its_own():
     for config in (tiny("bert_headless_tiny", "--loss", "ce", "--mlm-project-masked-only"),
                    tiny("gpt_headless_tiny"), tiny("bert_headless_tiny", "--masking", "paper")):
-        config.validate(1)
+        validate_config(config, 1)
 
 
 def test_validation_needs_no_process_group_torch_or_megatron():
@@ -70,10 +79,11 @@ def test_validation_needs_no_process_group_torch_or_megatron():
     code = (
         "import sys\n"
         "from headless_megatron.config import ConfigError, parse_config\n"
+        "from headless_megatron.models.registry import validate_config\n"
         "config = parse_config(['--config', 'configs/gpt_headless_tiny.yaml', '--mock-data', '--vocab-size', '512',"
         " '--mlm-project-masked-only'])\n"
         "try:\n"
-        "    config.validate(1)\n"
+        "    validate_config(config, 1)\n"
         "except ConfigError as error:\n"
         "    print(error)\n"
         "print(sorted(m for m in ('torch', 'megatron.core') if m in sys.modules))\n"
@@ -114,7 +124,7 @@ def test_attention_and_head_terms_per_family():
 def test_gpt_feeds_the_windows_and_bert_masks_them_as_its_keys_say():
     import torch
 
-    from headless_megatron.data.mlm_dataset import MaskedLMDataset, Masking
+    from headless_megatron.models.bert.masking import MaskedLMDataset, Masking
 
     windows = [{"tokens": torch.arange(64) % 500} for _ in range(3)]
     gpt = tiny("gpt_headless_tiny")
@@ -128,25 +138,24 @@ def test_gpt_feeds_the_windows_and_bert_masks_them_as_its_keys_say():
 
 
 def test_each_family_names_its_hugging_face_conversion():
-    from headless_megatron.convert.conversions import CONVERSIONS
     from headless_megatron.convert.export import conversion_for
-    from headless_megatron.convert.importer import IMPORTABLE
-    from headless_megatron.convert.llama import LlamaConversion
-    from headless_megatron.convert.megatron_bert import MegatronBertConversion
+    from headless_megatron.models.bert.hf_conversion import MegatronBertConversion
+    from headless_megatron.models.gpt.hf_conversion import LlamaConversion
 
-    assert CONVERSIONS[FAMILIES["gpt"].hf_model_type] is LlamaConversion
-    assert CONVERSIONS[FAMILIES["bert"].hf_model_type] is MegatronBertConversion
-    assert IMPORTABLE == {"llama": LlamaConversion, "megatron-bert": MegatronBertConversion}
+    assert FAMILIES["gpt"].hf_conversion() is LlamaConversion
+    assert FAMILIES["bert"].hf_conversion() is MegatronBertConversion
+    assert hf_conversions() == {"llama": LlamaConversion, "megatron-bert": MegatronBertConversion}
     assert isinstance(conversion_for(tiny("bert_headless_tiny"), 512), MegatronBertConversion)
     assert (FAMILIES["gpt"].kind, FAMILIES["bert"].kind) == ("decoder", "encoder")
 
 
-def test_only_the_family_modules_branch_on_the_model():
+def test_only_the_family_folders_branch_on_the_model():
     pattern = re.compile(r"config\.model\s*(==|!=|in\s*\()|\.model\s*==")
-    families = ROOT / "headless_megatron" / "models" / "families"
+    folders = [ROOT / "headless_megatron" / "models" / name for name in FAMILIES]
     hits = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-        for path in sorted((ROOT / "headless_megatron").rglob("*.py")) if families not in path.parents
+        for path in sorted((ROOT / "headless_megatron").rglob("*.py"))
+        if not any(folder in path.parents for folder in folders)
         for number, line in enumerate(path.read_text().splitlines(), start=1) if pattern.search(line)
     ]
     assert hits == []

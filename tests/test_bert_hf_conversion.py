@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from local_ranks import run_on_ranks
 from safetensors.torch import load_file
 from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, pretrain_each
 from transformers import MegatronBertConfig, MegatronBertForMaskedLM, MegatronBertModel
 
-from headless_megatron.config import TrainConfig
+from headless_megatron.config import TrainConfig, config_from_dict
+from headless_megatron.config.megatron import transformer_config
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.export import export_hf
 from headless_megatron.convert.importer import import_hf
-from headless_megatron.convert.mapping import megatron_tensor, megatron_to_hf
-from headless_megatron.convert.megatron_bert import MegatronBertConversion, unsupported_settings
-from headless_megatron.runtime.local_ranks import run_on_ranks
+from headless_megatron.models.bert.hf_conversion import MegatronBertConversion, unsupported_settings
+from headless_megatron.models.hf_mapping import megatron_tensor, megatron_to_hf
 
 SPECIAL_TOKENS = {"bos": None, "eos": 0, "pad": 1}
 TINY_BERT = "configs/bert_headless_tiny.yaml"
@@ -117,19 +118,21 @@ def megatron_outputs(save_directories: list[str], tokens: torch.Tensor) -> dict[
     ``[b, s, h]`` (headless) or the MLM logits ``[b, s, padded vocabulary]`` (vanilla) for ``tokens``."""
     import dataclasses
 
+    from headless_megatron.config import ParallelLayout
     from headless_megatron.data.tokenizer import tokenizer_for_dataset
-    from headless_megatron.runtime.distributed import ParallelLayout, init_distributed
-    from headless_megatron.training.checkpoint import latest_checkpoint, load_checkpoint
+    from headless_megatron.runtime.distributed import init_distributed
+    from headless_megatron.training.checkpoint import load_checkpoint
     from headless_megatron.training.loop import build_model_stage
+    from headless_megatron.training.run_directory import latest_checkpoint
 
     init_distributed(ParallelLayout())
     outputs = {}
     for save in save_directories:
         path = latest_checkpoint(save)
-        saved = TrainConfig.from_dict(torch.load(path / "common.pt", weights_only=True)["config"])
+        saved = config_from_dict(torch.load(path / "common.pt", weights_only=True)["config"])
         config = dataclasses.replace(saved, tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
         padded = config.padded_vocab_size(tokenizer_for_dataset(config.data_path[0]).vocab_size)
-        model = build_model_stage(config, config.transformer_config("local", on_gpu=False), padded, "local")
+        model = build_model_stage(config, transformer_config(config, "local", on_gpu=False), padded, "local")
         load_checkpoint(path, [model], load_rng=False)
         model.eval()
         with torch.no_grad():

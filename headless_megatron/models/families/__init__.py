@@ -1,1 +1,0 @@
-"""The model families (:class:`~headless_megatron.models.family.ModelFamily`), one module each."""

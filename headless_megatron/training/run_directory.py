@@ -1,0 +1,236 @@
+"""A run's directory on disk: what it holds, how a checkpoint is published in it, and which of its
+checkpoints a run resumes from. Nothing here knows Megatron-Core; :mod:`~headless_megatron.training.checkpoint`
+writes and reads the checkpoints themselves.
+
+Layout, as in Megatron-LM::
+
+    <save>/iter_0000100/                      a dist_checkpointing directory (torch_dist): model,
+                                              optimizer, scheduler, per-(PP, TP)-rank RNG states,
+                                              and in common.pt the iteration, consumed samples, config
+    <save>/latest_checkpointed_iteration.txt  the tracker: the published iteration to resume from
+    <save>/metrics.jsonl                      the metrics log (unless log_dir is set)
+    <save>/wandb_run_id.txt                   the W&B run a requeued job continues
+
+A checkpoint is written to ``iter_XXXXXXX.tmp/`` (:func:`staging_dir`); after every rank has
+finished writing, rank 0 publishes it (:func:`publish`): renames it into place and only then rewrites the
+tracker (itself through a temporary file and an atomic rename). A run killed while saving therefore
+leaves the previous checkpoint as the one that is loaded, and a half-written directory never looks
+complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from headless_megatron.config import TrainConfig
+from headless_megatron.errors import UserError, first_line
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+COMMON_FILE = "common.pt"
+DCP_METADATA_FILE = ".metadata"
+MEGATRON_METADATA_FILE = "metadata.json"
+METRICS_FILE = "metrics.jsonl"
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+class CheckpointError(UserError):
+    """A checkpoint that should exist is missing, unreadable or incompatible (one-line message)."""
+
+
+def iteration_dir(root: str | Path, iteration: int) -> Path:
+    """Where the checkpoint of ``iteration`` is published under ``root``."""
+    return Path(root) / f"iter_{iteration:07d}"
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The latest published checkpoint under ``root``, or None when it holds none.
+
+    That is the iteration the tracker names or, without a tracker (deleted, or lost in a copy),
+    the newest ``iter_NNNNNNN`` directory. Its completeness is not checked here: see
+    :func:`checkpoint_to_resume`.
+    """
+    root = Path(root)
+    tracker = root / TRACKER_FILE
+    if not tracker.exists():
+        published = published_iterations(root)
+        return published[-1] if published else None
+    text = tracker.read_text().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
+    path = iteration_dir(root, int(text))
+    if not (path / MEGATRON_METADATA_FILE).is_file():
+        raise CheckpointError(f"{tracker} names iteration {text}, but {path} is missing or incomplete")
+    return path
+
+
+def checkpoint_to_resume(root: str | Path, fallback: bool = False) -> tuple[Path | None, str]:
+    """The checkpoint a run resumes from under ``root``, verified complete, and a note for the log
+    ("" when it is simply the tracker's), or (None, "") when ``root`` holds no checkpoint.
+
+    An incomplete latest checkpoint (a shard missing or cut short) is an error naming the file,
+    unless ``fallback``: then the newest complete earlier one is used.
+    """
+    latest = latest_checkpoint(root)
+    if latest is None:
+        return None, ""
+    tracked = (Path(root) / TRACKER_FILE).exists()
+    note = "" if tracked else f"no {TRACKER_FILE} in {root}: resuming from its newest complete checkpoint"
+    problem = checkpoint_problem(latest)
+    if problem is None:
+        return latest, note
+    if fallback or not tracked:
+        earlier = [p for p in published_iterations(root) if iteration_of(p) < iteration_of(latest)]
+        for candidate in reversed(earlier):
+            if checkpoint_problem(candidate) is None:
+                return candidate, note or f"{problem}; falling back to the previous complete checkpoint"
+        raise CheckpointError(f"{problem}, and no earlier checkpoint is complete")
+    raise CheckpointError(f"{problem}; resume from the previous complete checkpoint with --load-fallback")
+
+
+def published_iterations(root: str | Path) -> list[Path]:
+    """The ``iter_NNNNNNN`` directories under ``root`` (not the ``.tmp`` staging ones), oldest first."""
+    found = [p for p in Path(root).glob("iter_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=iteration_of)
+
+
+def iteration_of(path: Path) -> int:
+    """The iteration of an ``iter_NNNNNNN`` directory."""
+    return int(path.name[5:])
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint (one line naming the file), or None when it is.
+
+    The check of ``export-hf``'s reader: Megatron's and DCP's metadata readable, and every file the
+    metadata references present at its full size.
+    """
+    if not (path / MEGATRON_METADATA_FILE).is_file():
+        return f"{path}: incomplete checkpoint: {MEGATRON_METADATA_FILE} is missing"
+    try:
+        complete_metadata(path)
+    except CheckpointError as error:
+        return str(error)
+    return None
+
+
+def complete_metadata(directory: Path):
+    """DCP's metadata of ``directory``, after checking that every file it references is whole
+    (a :class:`CheckpointError` naming the file otherwise)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        backend = json.loads((directory / MEGATRON_METADATA_FILE).read_text()).get("sharded_backend")
+    except (OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{directory}: incomplete checkpoint: unreadable {MEGATRON_METADATA_FILE} ({error})"
+        ) from error
+    if backend != "torch_dist":
+        raise CheckpointError(f"{directory}: a {backend} checkpoint; only torch_dist checkpoints are read")
+    for name in (COMMON_FILE, DCP_METADATA_FILE):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory}: incomplete checkpoint: {name} is missing")
+    try:
+        metadata = FileSystemReader(str(directory)).read_metadata()
+    except Exception as error:  # unpickling a damaged file can raise anything
+        raise CheckpointError(f"{directory}: incomplete checkpoint: unreadable {DCP_METADATA_FILE} "
+                              f"({first_line(error)})") from error
+    needed_bytes: dict[str, int] = defaultdict(int)
+    for info in (metadata.storage_data or {}).values():
+        needed_bytes[info.relative_path] = max(needed_bytes[info.relative_path], info.offset + info.length)
+    for name, size in sorted(needed_bytes.items()):
+        file = directory / name
+        if not file.is_file():
+            raise CheckpointError(f"{directory}: incomplete checkpoint: {name} is missing")
+        if file.stat().st_size < size:
+            raise CheckpointError(
+                f"{directory}: incomplete checkpoint: {name} is truncated ({file.stat().st_size} of {size} bytes)"
+            )
+    return metadata
+
+
+def read_common(directory: Path) -> dict[str, Any]:
+    """What ``common.pt`` of the checkpoint ``directory`` holds (``iteration``, ``config``...); a
+    one-line :class:`CheckpointError` when it cannot be read."""
+    import torch
+
+    try:
+        common = torch.load(directory / COMMON_FILE, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a missing, truncated or foreign file: the same clear error
+        raise CheckpointError(
+            f"{directory}: not a readable torch_dist checkpoint (its {COMMON_FILE}: {first_line(error)})"
+        ) from error
+    if not isinstance(common, dict):
+        raise CheckpointError(f"{directory}: {COMMON_FILE} holds a {type(common).__name__}, not a mapping")
+    return common
+
+
+def staging_dir(root: str | Path, iteration: int) -> Path:
+    """Where the checkpoint of ``iteration`` is written before it is published."""
+    return Path(root) / f"iter_{iteration:07d}.tmp"
+
+
+def prepare_staging(root: str | Path, iteration: int) -> None:
+    """Make the staging directory of ``iteration`` empty (one left by a run killed while saving is
+    removed). Rank 0's job, before any rank writes."""
+    staging = staging_dir(root, iteration)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+
+def publish(root: str | Path, iteration: int) -> Path:
+    """Rename the written staging directory of ``iteration`` into place, then point the tracker at
+    it; rank 0's job, once every rank has finished writing."""
+    final = iteration_dir(root, iteration)
+    if final.exists():  # saving the same iteration again (e.g. after a resume)
+        shutil.rmtree(final)
+    os.rename(staging_dir(root, iteration), final)
+    tracker = Path(root) / TRACKER_FILE
+    pending = tracker.with_name(tracker.name + ".tmp")
+    pending.write_text(f"{iteration}\n")
+    os.replace(pending, tracker)
+    return final
+
+
+def refuse_to_overwrite_another_run(config: TrainConfig) -> None:
+    """A run that starts at iteration 0 must not save over another run's checkpoints (its
+    iter_NNNNNNN would replace theirs one by one) nor append a second run to its metrics. The
+    first run of an auto-resuming job (load equal to save, nothing saved yet) may append: the
+    re-done iterations replace the earlier ones for ``report``."""
+    if config.save and latest_checkpoint(config.save) is not None:
+        raise CheckpointError(
+            f"save: {config.save} holds the checkpoints of another run and this run starts from iteration 0; "
+            f"resume it with --load {config.save}, or save to a new directory"
+        )
+    auto_resuming = config.load and config.save and Path(config.load).resolve() == Path(config.save).resolve()
+    metrics = metrics_file(config)
+    if metrics is not None and metrics.exists() and not auto_resuming:
+        raise CheckpointError(
+            f"{metrics} holds the metrics of another run; give this run a new save (or log_dir) directory"
+        )
+
+
+def metrics_file(config: TrainConfig) -> Path | None:
+    """Where the run's metrics log goes, or None when it keeps none."""
+    return Path(config.metrics_dir) / METRICS_FILE if config.metrics_dir else None
+
+
+def wandb_run_id(directory: str | None, is_rank_zero: bool) -> str | None:
+    """The Weights & Biases run id of the run saved in ``directory`` (rank 0's; None on the others),
+    created on its first start and kept there, so that a requeued or resumed job continues the same
+    W&B run."""
+    if directory is None or not is_rank_zero:
+        return None
+    path = Path(directory) / WANDB_ID_FILE
+    if not path.exists():
+        import uuid
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pending = path.with_name(path.name + ".tmp")
+        pending.write_text(uuid.uuid4().hex[:16] + "\n")
+        os.replace(pending, path)
+    return path.read_text().strip()
