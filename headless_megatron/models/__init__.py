@@ -1,1 +1,2 @@
-"""Megatron-Core models (GPT decoder, BERT encoder) with headless post-processing."""
+"""The model families (one folder each: ``gpt/``, ``bert/``), their registry and what they share:
+layer specs, SDPA attention, layout-independent initialisation, Hugging Face tensor mappings."""

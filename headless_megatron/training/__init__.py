@@ -1,1 +1,2 @@
-"""The training loop and its components: checkpoints, metrics, data iteration."""
+"""The training loop and its components: the optimizer and schedule, the checkpoint policy, the run
+directory, Megatron-Core save/load, metrics, stop signals."""

@@ -2,6 +2,9 @@
 (CWT on the masked positions) or with its MLM head; exported to and imported from
 ``MegatronBertForMaskedLM``. Its keys are the ``masking``, ``mask_prob`` and ``mlm_*`` fields.
 
+This folder: ``model.py`` (the stage builder and ``HeadlessBertModel``, its CWT and MLM heads),
+``masking.py`` (the MLM corruption of the data) and ``hf_conversion.py`` (``MegatronBertConversion``).
+
 Megatron-Core and torch are imported when a model is built or run, not when the family is looked up,
 so that validating a config stays cheap.
 """
@@ -13,7 +16,7 @@ from headless_megatron.config.schema import TrainConfig
 
 
 class BertFamily:
-    """:class:`~headless_megatron.models.family.ModelFamily` of :mod:`headless_megatron.models.bert`."""
+    """:class:`~headless_megatron.models.family.ModelFamily` of :mod:`headless_megatron.models.bert.model`."""
 
     name = "bert"
     kind = "encoder"

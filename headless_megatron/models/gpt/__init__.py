@@ -1,6 +1,9 @@
 """The GPT family (``model: gpt``): a causal decoder trained to predict the next token, headless
 (CWT) or with its LM head; exported to and imported from ``LlamaForCausalLM``.
 
+This folder: ``model.py`` (the stage builder and ``HeadlessGPTModel``, its CWT head) and
+``hf_conversion.py`` (``LlamaConversion``).
+
 Megatron-Core and torch are imported when a model is built or run, not when the family is looked up,
 so that validating a config stays cheap.
 """
