@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.atomic import atomic_directory, check_apart
+
+
+@contextlib.contextmanager
+def small_disk(mount_point: Path, size: str) -> Iterator[Path]:
+    """``mount_point`` made a tmpfs of ``size`` (``"1m"``): a real file system that fills up, as a
+    full disk does, with the kernel's own ENOSPC."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill up needs root (the test suite runs as root here and in CI)")
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_the_directory_appears_only_when_the_block_succeeds(tmp_path):
@@ -80,3 +98,13 @@ def test_an_output_is_kept_apart_from_what_the_command_reads(tmp_path):
     (tmp_path / "link").symlink_to(run)
     with pytest.raises(ConversionError, match="is the checkpoint"):
         check_apart(tmp_path / "link", [run], "checkpoint")
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(tmp_path):
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        output = disk / "model"
+        with pytest.raises(ConversionError) as refused, atomic_directory(output) as staging:
+            (staging / "config.json").write_text("{}")
+            (staging / "weights.bin").write_bytes(bytes(2 << 20))
+        assert str(refused.value) == f"output {output}: cannot write it: No space left on device"
+        assert list(disk.iterdir()) == []

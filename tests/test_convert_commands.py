@@ -41,6 +41,17 @@ def test_usage_errors(capsys, monkeypatch):
     assert "starts its own ranks" in error_of(["import-hf", "--model", "m", "--output", "o"], capsys)
 
 
+@pytest.mark.parametrize("size", ["infGB", "nanGB", "-1GB", "0GB", "0", "1 parsec"])
+def test_a_max_shard_size_that_is_not_a_positive_size_is_refused_before_the_checkpoint_is_read(size, tmp_path,
+                                                                                                capsys):
+    output = tmp_path / "hf"
+    argv = ["export-hf", "--checkpoint", str(tmp_path / "no_run"), "--output", str(output), f"--max-shard-size={size}"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"headless-megatron export-hf: error: --max-shard-size {size}: expected a size "
+                                       "above 0 like 5GB or 500MB, or a number of bytes\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 class FakeHub:
     """Stands in for huggingface_hub.HfApi and records what would be uploaded."""
 

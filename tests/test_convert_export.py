@@ -4,7 +4,9 @@ logits are Megatron's, for a headless model (add_head) and a vanilla one with it
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 import torch
 from data_fixtures import TOPICS_VOCAB, tiny_builtin_dataset
 from local_ranks import run_on_ranks
+from test_convert_atomic import small_disk
 
 from headless_megatron.cli import main
 from headless_megatron.config import config_from_dict, parse_config
@@ -19,6 +22,7 @@ from headless_megatron.config.megatron import transformer_config
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.export import export_hf
 from headless_megatron.data.tokenizer import tokenizer_for_dataset
+from headless_megatron.runtime.directory_lock import beside
 from headless_megatron.training.loop import pretrain
 
 TINY = "configs/gpt_headless_tiny.yaml"
@@ -179,12 +183,21 @@ def damaged_copy(save: Path, tmp_path: Path, **config_changes) -> Path:
     return copy
 
 
-def assert_fails_cleanly(argv: list[str], message: str, output: Path, capsys) -> None:
+def assert_fails_cleanly(argv: list[str], message: str, output: Path, capsys) -> str:
+    """Runs export-hf, which must fail with one line holding ``message`` and write nothing; returns the line."""
     assert main(["export-hf", *argv, "--output", str(output)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("headless-megatron export-hf: error: ") and error.count("\n") == 1, error
     assert message in error, error
     assert not output.exists() and not list(output.parent.glob(f".{output.name}*")), "something was written"
+    return error.removeprefix("headless-megatron export-hf: error: ").removesuffix("\n")
+
+
+def lock_holder(lock) -> str:
+    """How the lock's message names its holder (this test process): its PID, host and start."""
+    lease = json.loads(lock.lock_file.read_text())
+    assert lease["pid"] == os.getpid() and lease["host"] == socket.gethostname()
+    return f"PID {lease['pid']} on {lease['host']} (started {lease['started']})"
 
 
 def test_incomplete_checkpoints_are_refused(checkpoints, tmp_path, capsys):
@@ -227,6 +240,29 @@ def test_a_missing_or_wrong_tokenizer_is_refused(checkpoints, tmp_path, capsys):
     smaller = tokenizer_for_dataset(tiny_builtin_dataset(tmp_path / "data", vocab_size=300, corpus="python-topics"))
     assert_fails_cleanly(["--checkpoint", str(moved), "--tokenizer", str(smaller.save(tmp_path / "tokenizer300"))],
                          "the embedding has 512 rows, but a vocabulary of 300 pads to 384", tmp_path / "out", capsys)
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(checkpoints, tmp_path, capsys):
+    with small_disk(tmp_path / "disk", "512k") as disk:  # the weights take 850 kB: the fifth file fills it
+        output = disk / "hf"
+        argv = ["--checkpoint", str(checkpoints["tp2", "lm"]), "--max-shard-size", "100KB"]
+        message = assert_fails_cleanly(argv, "", output, capsys)
+        assert message == (f"output {output}: cannot write it: Error while serializing: I/O error: No space left on "
+                           "device (os error 28)")
+        assert list(disk.iterdir()) == []
+
+
+def test_an_output_that_another_conversion_writes_is_refused_until_it_ends(checkpoints, tmp_path, capsys):
+    output = tmp_path / "hf"
+    argv = ["--checkpoint", str(checkpoints["tp2", "lm"])]
+    with beside(output, "another export") as lock:
+        assert main(["export-hf", *argv, "--output", str(output)]) == 2
+        assert capsys.readouterr().err == (f"headless-megatron export-hf: error: output {output}: in use by "
+                                           f"{lock_holder(lock)}; wait for it to end, or give this one another "
+                                           "directory\n")
+        assert [p.name for p in tmp_path.iterdir()] == [lock.lock_file.name]
+    assert main(["export-hf", *argv, "--output", str(output)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # its own lock is gone with it
 
 
 # ---- Sharded weights: HF's file names and index, split as save_pretrained splits ----
@@ -272,11 +308,6 @@ def test_a_small_max_shard_size_splits_the_weights_as_save_pretrained_does(check
     single = export_hf(save, tmp_path / "single")  # the default fits: one model.safetensors, no index
     assert single.weight_files == 1 and not (single.output / "model.safetensors.index.json").exists()
     assert (single.output / "model.safetensors").is_file()
-
-
-def test_an_unreadable_max_shard_size_is_refused(checkpoints, tmp_path, capsys):
-    assert_fails_cleanly(["--checkpoint", str(checkpoints["tp2", "lm"]), "--max-shard-size", "1 parsec"],
-                         "--max-shard-size 1 parsec: expected a size like 5GB or 500MB", tmp_path / "out", capsys)
 
 
 # ---- The run it reads is never written into or deleted (--output inside, around or equal to it) ----

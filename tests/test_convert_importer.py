@@ -4,12 +4,14 @@ logits, and exporting it again gives back every tensor exactly."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
+from data_fixtures import tiny_builtin_dataset
 from local_ranks import run_on_ranks
 from safetensors.torch import load_file, save_file
-from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, megatron_logits, training_argv
+from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, lock_holder, megatron_logits, training_argv
 from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM
 
 from headless_megatron.cli import main
@@ -17,6 +19,7 @@ from headless_megatron.config import parse_config
 from headless_megatron.convert.export import export_hf
 from headless_megatron.convert.importer import SafetensorsWeights
 from headless_megatron.data.tokenizer import tokenizer_for_dataset
+from headless_megatron.runtime.directory_lock import beside
 
 TP2_PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
 
@@ -165,12 +168,14 @@ def test_the_model_read_and_other_directories_are_never_replaced(untied_model, t
 # ---- Models that cannot be imported: a clear message, nothing written ----
 
 
-def assert_fails_cleanly(argv: list[str], message: str, output, capsys) -> None:
+def assert_fails_cleanly(argv: list[str], message: str, output, capsys) -> str:
+    """Runs import-hf, which must fail with one line holding ``message`` and write nothing; returns the line."""
     assert main(["import-hf", *argv, "--output", str(output)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("headless-megatron import-hf: error: ") and error.count("\n") == 1, error
     assert message in error, error
     assert not output.exists() and not list(output.parent.glob(f".{output.name}*")), "something was written"
+    return error.removeprefix("headless-megatron import-hf: error: ").removesuffix("\n")
 
 
 def test_other_architectures_and_incomplete_directories_are_refused(untied_model, tmp_path, capsys):
@@ -208,3 +213,40 @@ def test_layouts_the_model_cannot_split_into_are_refused(untied_model, tmp_path,
                          capsys)
     assert_fails_cleanly(["--model", str(untied_model), "--pipeline-model-parallel-size", "3"],
                          "num_layers: 4 is not divisible by pipeline_model_parallel_size 3", tmp_path / "out", capsys)
+
+
+def test_a_tokenizer_with_more_ids_than_the_embedding_is_refused_and_one_with_fewer_accepted(untied_model, tmp_path,
+                                                                                            capsys):
+    def trained_tokenizer(vocab_size: int):
+        prefix = tiny_builtin_dataset(tmp_path / f"data{vocab_size}", vocab_size=vocab_size, corpus="python-topics")
+        return tokenizer_for_dataset(prefix).save(tmp_path / f"tokenizer{vocab_size}")
+
+    larger = trained_tokenizer(2 * VOCAB)
+    message = assert_fails_cleanly(["--model", str(untied_model), "--tokenizer", str(larger)], "", tmp_path / "out",
+                                   capsys)
+    assert message == (f"--tokenizer {larger}: the tokenizer has {2 * VOCAB} ids but the model's vocab_size is "
+                       f"{VOCAB}; give the tokenizer the model was trained with (at most {VOCAB} ids) with --tokenizer")
+    smaller = trained_tokenizer(300)
+    assert main(["import-hf", "--model", str(untied_model), "--tokenizer", str(smaller), "--output",
+                 str(tmp_path / "out")]) == 0
+    assert f"vocabulary {VOCAB}" in capsys.readouterr().out
+
+
+def test_a_truncated_weight_file_is_named(untied_model, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(untied_model, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    message = assert_fails_cleanly(["--model", str(damaged)], "", tmp_path / "out", capsys)
+    assert message == (f"{weights}: not a complete safetensors file (Error while deserializing header: incomplete "
+                       "metadata, file not fully covered); download or save the model again")
+
+
+def test_an_output_that_another_conversion_writes_is_refused(untied_model, tmp_path, capsys):
+    output = tmp_path / "out"
+    with beside(output, "another import") as lock:
+        assert main(["import-hf", "--model", str(untied_model), "--output", str(output)]) == 2
+        assert capsys.readouterr().err == (f"headless-megatron import-hf: error: output {output}: in use by "
+                                           f"{lock_holder(lock)}; wait for it to end, or give this one another "
+                                           "directory\n")
+        assert [p.name for p in tmp_path.iterdir()] == [lock.lock_file.name]

@@ -66,7 +66,7 @@ def run(args) -> int:
     result = export_hf(
         args.checkpoint, args.output, mode=args.mode, iteration=args.iteration, tokenizer=args.tokenizer,
         dtype=getattr(torch, args.dtype) if args.dtype else None, overwrite=args.overwrite,
-        max_shard_size=_size(args.max_shard_size), progress=lambda line: print(f"export-hf: {line}", flush=True),
+        max_shard_size=args.max_shard_size, progress=lambda line: print(f"export-hf: {line}", flush=True),
     )
     print(f"export-hf: wrote {result.output} ({result.architecture}, mode {result.mode}, iteration "
           f"{result.iteration}, {result.parameters:,} parameters, vocabulary {result.vocab_size}, "
@@ -80,10 +80,6 @@ def run(args) -> int:
             return EXIT_UPLOAD_FAILED
         print(f"export-hf: uploaded to {url}")
     return 0
-
-
-def _size(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
 
 
 def _non_negative_int(text: str) -> int:

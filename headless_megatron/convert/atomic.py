@@ -12,7 +12,8 @@ the scratch directory and leaves any existing output untouched. An existing non-
 refused before any work, unless ``overwrite``, which swaps the new directory in and only then
 deletes the old one. ``overwrite`` replaces only what ``replaceable`` recognises as an earlier output
 of the same command (an export's model card, an import's lone iteration 0): a mistyped path to a
-training run, a dataset or a home directory is refused, never deleted.
+training run, a dataset or a home directory is refused, never deleted. A write that fails (a full
+disk, a read-only place) is a :class:`ConversionError` naming the output and the cause.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from headless_megatron.convert import ConversionError
+from headless_megatron.errors import first_line
 
 Recogniser = Callable[[Path], str | None]
 """Given an existing non-empty output: None when it is an earlier output that may be replaced, else
@@ -67,19 +69,42 @@ def check_apart(output: str | os.PathLike, sources: Iterable[str | os.PathLike],
 
 @contextlib.contextmanager
 def atomic_directory(
-    output: str | os.PathLike, overwrite: bool = False, replaceable: Recogniser | None = None
+    output: str | os.PathLike,
+    overwrite: bool = False,
+    replaceable: Recogniser | None = None,
+    writer_errors: tuple[type[Exception], ...] = (),
 ) -> Iterator[Path]:
-    """A scratch directory that becomes ``output`` when the ``with`` block succeeds."""
+    """A scratch directory that becomes ``output`` when the ``with`` block succeeds. An ``OSError``
+    on the way, or one of ``writer_errors`` (what a library that writes files raises in its place,
+    such as safetensors' ``SafetensorError``), becomes a one-line :class:`ConversionError`."""
     output = check_output(output, overwrite, replaceable)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    except OSError as error:
+        raise ConversionError(f"output {output}: cannot write in {output.parent}: {_cause(error)}") from error
     try:
         yield staging
         _ordinary_permissions(staging)
         _publish(staging, output)
+    except (OSError, *writer_errors) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ConversionError(f"output {output}: cannot write it: {_cause(error, staging)}") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _cause(error: Exception, staging: Path | None = None) -> str:
+    """Why a write failed, with the file at fault when the error names one in ``staging`` (by its
+    name in the output: the staging directory is gone by the time the user reads it)."""
+    if not isinstance(error, OSError) or not error.strerror:
+        return first_line(error)
+    if staging is not None and error.filename and Path(error.filename).is_relative_to(staging):
+        inside = Path(error.filename).relative_to(staging)
+        if inside != Path("."):
+            return f"{inside}: {error.strerror}"
+    return error.strerror
 
 
 def _ordinary_permissions(staging: Path) -> None:

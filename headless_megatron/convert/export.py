@@ -30,8 +30,9 @@ handed to the :class:`ShardWriter`, which writes a file as soon as all its tenso
 peak is therefore about one weight file plus twice the largest tensor (a tensor and its converted
 copy), whatever the model's size and whatever layout saved it.
 
-Safety: ``output`` may not be, contain or lie inside the checkpoint or its run directory, and
-``overwrite`` replaces only an earlier export (:func:`earlier_export`).
+Safety: ``output`` may not be, contain or lie inside the checkpoint or its run directory,
+``overwrite`` replaces only an earlier export (:func:`earlier_export`), and two conversions never
+write the same ``output`` at once (its lock, ``runtime.directory_lock.beside``, is held throughout).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import torch
 import yaml
 from huggingface_hub.serialization import StateDictSplit, split_state_dict_into_shards_factory
 from huggingface_hub.serialization._base import parse_size_to_int
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from headless_megatron.config import TrainConfig
@@ -59,6 +61,7 @@ from headless_megatron.data.tokenizer import Tokenizer
 from headless_megatron.errors import first_few
 from headless_megatron.models.hf_mapping import Conversion, TensorMapping
 from headless_megatron.models.registry import FAMILIES, family_of
+from headless_megatron.runtime.directory_lock import beside
 
 MODES = ("add_head", "lm", "mlm")
 WEIGHTS_PATTERN = "model{suffix}.safetensors"  # model.safetensors, or model-00001-of-00003.safetensors...
@@ -96,58 +99,60 @@ def export_hf(
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Write the Hugging Face model directory ``output`` from a checkpoint (save directory or
-    ``iter_NNNNNNN``); raises :class:`ConversionError` (and writes nothing) when it cannot.
-    ``progress`` receives a line per weight file written."""
+    ``iter_NNNNNNN``); raises :class:`ConversionError` (and writes nothing) when it cannot, and
+    ``DirectoryInUse`` while another conversion writes ``output``. ``progress`` receives a line per
+    weight file written."""
+    max_shard_bytes = shard_size_bytes(max_shard_size)  # a mistyped flag costs no checkpoint opening
     source = open_checkpoint(checkpoint, iteration)
     check_apart(output, _run_directories(checkpoint, source), "checkpoint")
-    check_output(output, overwrite, earlier_export)  # before the minutes a large checkpoint takes to read
-    max_shard_bytes = shard_size_bytes(max_shard_size)
-    hf_tokenizer = checkpoint_tokenizer(source.config, tokenizer)
-    vocab_size = source.config.vocab_size or hf_tokenizer.vocab_size
-    if hf_tokenizer.vocab_size > vocab_size:
-        raise ConversionError(
-            f"the tokenizer has {hf_tokenizer.vocab_size} ids but the model's vocab_size is {vocab_size}"
+    with beside(output, f"output {output}"):
+        check_output(output, overwrite, earlier_export)  # before the minutes a large checkpoint takes to read
+        hf_tokenizer = checkpoint_tokenizer(source.config, tokenizer)
+        vocab_size = source.config.vocab_size or hf_tokenizer.vocab_size
+        if hf_tokenizer.vocab_size > vocab_size:
+            raise ConversionError(
+                f"the tokenizer has {hf_tokenizer.vocab_size} ids but the model's vocab_size is {vocab_size}"
+            )
+        conversion = conversion_for(source.config, vocab_size)
+        mode = mode or conversion.default_mode()
+        conversion.check_mode(mode)
+        mappings = conversion.mappings(mode)
+        _check_tensors(source, conversion)
+        dtype = dtype or source.model_tensors[mappings[0].megatron][1]
+        units = _read_units(mappings, source.config.num_layers)
+        shapes = _hf_shapes(source, units)
+        split = split_state_dict_into_shards_factory(
+            {name: math.prod(shape) * dtype.itemsize for name, shape in shapes.items()},
+            get_storage_size=int, filename_pattern=WEIGHTS_PATTERN, max_shard_size=max_shard_bytes,
         )
-    conversion = conversion_for(source.config, vocab_size)
-    mode = mode or conversion.default_mode()
-    conversion.check_mode(mode)
-    mappings = conversion.mappings(mode)
-    _check_tensors(source, conversion)
-    dtype = dtype or source.model_tensors[mappings[0].megatron][1]
-    units = _read_units(mappings, source.config.num_layers)
-    shapes = _hf_shapes(source, units)
-    split = split_state_dict_into_shards_factory(
-        {name: math.prod(shape) * dtype.itemsize for name, shape in shapes.items()},
-        get_storage_size=int, filename_pattern=WEIGHTS_PATTERN, max_shard_size=max_shard_bytes,
-    )
-    special_tokens = {"bos": hf_tokenizer.bos, "eos": hf_tokenizer.eod, "pad": hf_tokenizer.pad}
-    hf_config = conversion.hf_config(mode, special_tokens, dtype)
-    parameters = sum(math.prod(shape) for shape in shapes.values())
-    with atomic_directory(output, overwrite, earlier_export) as staging:
-        _write_config(staging, hf_config)
-        writer = ShardWriter(staging, split, parameters, progress)
-        for name, tensor in _hf_tensors(source, units, dtype):
-            writer.add(name, tensor)
-        writer.finish()
-        hf_tokenizer.save(staging)
-        result = ExportResult(Path(output), conversion.hf_architecture, mode, source.iteration, parameters,
-                              vocab_size, len(split.filename_to_tensors))
-        (staging / MODEL_CARD_FILE).write_text(model_card(source, conversion, result))
+        special_tokens = {"bos": hf_tokenizer.bos, "eos": hf_tokenizer.eod, "pad": hf_tokenizer.pad}
+        hf_config = conversion.hf_config(mode, special_tokens, dtype)
+        parameters = sum(math.prod(shape) for shape in shapes.values())
+        with atomic_directory(output, overwrite, earlier_export, writer_errors=(SafetensorError,)) as staging:
+            _write_config(staging, hf_config)
+            writer = ShardWriter(staging, split, parameters, progress)
+            for name, tensor in _hf_tensors(source, units, dtype):
+                writer.add(name, tensor)
+            writer.finish()
+            hf_tokenizer.save(staging)
+            result = ExportResult(Path(output), conversion.hf_architecture, mode, source.iteration, parameters,
+                                  vocab_size, len(split.filename_to_tensors))
+            (staging / MODEL_CARD_FILE).write_text(model_card(source, conversion, result))
     return result
 
 
 def shard_size_bytes(size: int | str) -> int:
     """``--max-shard-size`` in bytes, parsed as ``transformers``' ``save_pretrained`` parses it
-    (``"5GB"``: 5 * 10**9, ``"500MB"``, ``"1.5GB"``; an int is bytes)."""
-    if isinstance(size, int):
-        value = size
-    else:
-        try:
-            value = parse_size_to_int(size)
-        except ValueError as error:
-            raise ConversionError(f"--max-shard-size {size}: expected a size like 5GB or 500MB ({error})") from error
-    if value <= 0:
-        raise ConversionError(f"--max-shard-size {size}: must be positive")
+    (``"5GB"``: 5 * 10**9, ``"500MB"``, ``"1.5GB"``; an int, or a string of digits, is bytes)."""
+    if isinstance(size, str) and size.isdigit():
+        size = int(size)
+    try:
+        value = size if isinstance(size, int) else parse_size_to_int(size)
+    except (ValueError, OverflowError):  # OverflowError: "infGB" parses to an infinite number of bytes
+        value = None
+    if value is None or value <= 0:
+        raise ConversionError(f"--max-shard-size {size}: expected a size above 0 like 5GB or 500MB, or a number of "
+                              "bytes")
     return value
 
 

@@ -21,11 +21,13 @@ training run at that layout would have saved, iteration 0, and reshards like any
 
 The checkpoint's directory also holds ``tokenizer/`` (the HF model's tokenizer, with the
 end-of-document, padding and mask tokens ``load_tokenizer`` adds when missing; added tokens get
-zero embedding rows), which the saved config names, so that ``export-hf`` finds it.
+zero embedding rows), which the saved config names, so that ``export-hf`` finds it. A tokenizer
+with more ids of its own than the model has embedding rows is refused: it is not the model's.
 
 The saved config's training fields (batch sizes, iterations, learning rate) are placeholders: a
 fine-tuning run brings its own. Weights are stored in float32, which holds bf16/fp16 sources
-exactly. Everything is written beside ``output`` and renamed into place at the end.
+exactly. Everything is written beside ``output`` and renamed into place at the end, under the
+output's lock (``runtime.directory_lock.beside``): a second conversion to the same ``output`` stops at once.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from headless_megatron.convert import ConversionError
 from headless_megatron.convert.atomic import atomic_directory, check_apart, check_output
 from headless_megatron.convert.streamed_save import ShardId, TensorSource
 from headless_megatron.data.errors import DataError
+from headless_megatron.data.tokenizer import Tokenizer
 from headless_megatron.errors import first_few, first_line
 from headless_megatron.models.hf_mapping import (
     Conversion,
@@ -55,6 +58,7 @@ from headless_megatron.models.hf_mapping import (
     megatron_region,
 )
 from headless_megatron.models.registry import hf_conversions, validate_config
+from headless_megatron.runtime.directory_lock import beside
 from headless_megatron.training.run_directory import CheckpointError, iteration_dir, read_common
 
 TOKENIZER_DIRECTORY = "tokenizer"
@@ -103,9 +107,13 @@ class SafetensorsWeights:
         self._open_files: dict[str, Any] = {}
 
     def _open(self, name: str):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        return safe_open(self.directory / name, framework="pt")
+        try:
+            return safe_open(self.directory / name, framework="pt")
+        except SafetensorError as error:
+            raise ConversionError(f"{self.directory / name}: not a complete safetensors file ({first_line(error)}); "
+                                  "download or save the model again") from error
 
     def names(self) -> set[str]:
         return set(self.file_of)
@@ -136,33 +144,35 @@ def import_hf(
     overwrite: bool = False,
 ) -> ImportResult:
     """Write a checkpoint of the HF model ``model`` (a directory, or a Hub name to download) under
-    ``output`` at the given layout; raises :class:`ConversionError` (and writes nothing) when it cannot."""
+    ``output`` at the given layout; raises :class:`ConversionError` (and writes nothing) when it cannot,
+    and ``DirectoryInUse`` while another conversion writes ``output``."""
     directory = _model_directory(str(model))
     check_apart(output, [directory], "model directory")
-    output = check_output(output, overwrite, earlier_import)
-    hf_config = _hf_config(directory)
-    importable = hf_conversions()
-    family = importable.get(hf_config.model_type)
-    if family is None:
-        raise ConversionError(
-            f"{directory}: model_type {hf_config.model_type} cannot be imported; supported: {', '.join(importable)}"
+    with beside(output, f"output {output}"):
+        output = check_output(output, overwrite, earlier_import)
+        hf_config = _hf_config(directory)
+        importable = hf_conversions()
+        family = importable.get(hf_config.model_type)
+        if family is None:
+            raise ConversionError(f"{directory}: model_type {hf_config.model_type} cannot be imported; supported: "
+                                  f"{', '.join(importable)}")
+        hf_tokenizer = _tokenizer(directory, tokenizer)
+        values = family.train_config_values(hf_config)
+        vocab_size = _vocab_size(values.pop("vocab_size"), hf_tokenizer,
+                                 f"--tokenizer {tokenizer}" if tokenizer is not None else str(directory))
+        config = imported_train_config(
+            {**values, **TRAINING_PLACEHOLDERS, "vocab_size": vocab_size,
+             "tokenizer": str(output.resolve() / TOKENIZER_DIRECTORY),
+             "tensor_model_parallel_size": tensor_model_parallel_size,
+             "pipeline_model_parallel_size": pipeline_model_parallel_size},
         )
-    hf_tokenizer = _tokenizer(directory, tokenizer)
-    values = family.train_config_values(hf_config)
-    vocab_size = max(values.pop("vocab_size"), hf_tokenizer.vocab_size)
-    config = imported_train_config(
-        {**values, **TRAINING_PLACEHOLDERS, "vocab_size": vocab_size,
-         "tokenizer": str(output.resolve() / TOKENIZER_DIRECTORY),
-         "tensor_model_parallel_size": tensor_model_parallel_size,
-         "pipeline_model_parallel_size": pipeline_model_parallel_size},
-    )
-    conversion = family(config, vocab_size)
-    weights = SafetensorsWeights(directory)
-    _check_weights(weights, conversion)
-    with atomic_directory(output, overwrite, earlier_import) as staging:
-        hf_tokenizer.save(staging / TOKENIZER_DIRECTORY)
-        with _cuda_hidden():
-            _run_ranks(hf_config.model_type, config, vocab_size, directory, staging, provenance=str(model))
+        conversion = family(config, vocab_size)
+        weights = SafetensorsWeights(directory)
+        _check_weights(weights, conversion)
+        with atomic_directory(output, overwrite, earlier_import) as staging:
+            hf_tokenizer.save(staging / TOKENIZER_DIRECTORY)
+            with _cuda_hidden():
+                _run_ranks(hf_config.model_type, config, vocab_size, directory, staging, provenance=str(model))
     return ImportResult(output, iteration_dir(output, 0), conversion.hf_architecture,
                         tensor_model_parallel_size, pipeline_model_parallel_size, vocab_size)
 
@@ -219,6 +229,19 @@ def _tokenizer(directory: Path, override: str | os.PathLike | None):
         return load_tokenizer(override if override is not None else directory)
     except DataError as error:
         raise ConversionError(f"no tokenizer: {error} (give one with --tokenizer)") from error
+
+
+def _vocab_size(embedding_rows: int, hf_tokenizer: Tokenizer, tokenizer_source: str) -> int:
+    """The checkpoint's vocabulary: the model's embedding rows, and beyond them only the special
+    tokens that ``load_tokenizer`` added (zero rows: the model never saw them). A tokenizer whose own
+    ids go past the rows is not the model's: its extra tokens would get zero embeddings silently."""
+    own_ids = hf_tokenizer.vocab_size - len(hf_tokenizer.added_special_tokens)
+    if own_ids > embedding_rows:
+        raise ConversionError(
+            f"{tokenizer_source}: the tokenizer has {own_ids} ids but the model's vocab_size is {embedding_rows}; "
+            f"give the tokenizer the model was trained with (at most {embedding_rows} ids) with --tokenizer"
+        )
+    return max(embedding_rows, hf_tokenizer.vocab_size)
 
 
 def imported_train_config(values: dict[str, Any]) -> TrainConfig:
