@@ -1,13 +1,19 @@
-"""Checkpoint publication: atomic, tracked, loud when missing or broken (resume exactness is in
-test_training_loop.py, resharding in test_megatron_layouts.py)."""
+"""Checkpoint publication: atomic, tracked, loud when missing or broken, one line when the disk fails
+(resume exactness is in test_training_loop.py, resharding in test_megatron_layouts.py)."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import megatron_helpers as mh
 import pytest
-from local_ranks import run_on_ranks
+from file_systems import read_only_from_now, remount_read_only, small_disk
+from local_ranks import RankFailure, run_on_ranks
+from training_runs import train
 
 from headless_megatron.config import ParallelLayout
+from headless_megatron.runtime.directory_lock import LOCK_FILE
 from headless_megatron.runtime.distributed import init_distributed
 from headless_megatron.training.checkpoint import load_checkpoint, save_checkpoint
 from headless_megatron.training.run_directory import TRACKER_FILE, CheckpointError, latest_checkpoint
@@ -73,3 +79,54 @@ def test_an_unreadable_checkpoint_directory_is_named(tmp_path):
     (tmp_path / "iter_0000001").mkdir()
     with pytest.raises(CheckpointError, match=r"iter_0000001: not a readable torch_dist checkpoint"):
         load_checkpoint(tmp_path / "iter_0000001", [])
+
+
+# ---- A disk that cannot take the run: one line, nothing published, the space given back ----
+
+
+def test_a_save_directory_that_cannot_be_written_is_one_line_before_any_iteration(dataset, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RankFailure, match=rf"DirectoryUnwritable: save {tmp_path}/file/run: cannot write there "
+                                          r"\(Not a directory\)"):
+        train(1, dataset, "--save", str(tmp_path / "file" / "run"), "--log-dir", str(tmp_path / "logs"), iters=10)
+    assert not (tmp_path / "logs").exists()  # refused before anything was written, the metrics included
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        remount_read_only(disk)
+        with pytest.raises(RankFailure, match=rf"DirectoryUnwritable: save {disk}/run: cannot write there "
+                                              r"\(Read-only file system\)"):
+            train(1, dataset, "--save", str(disk / "run"), iters=10)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_full_disk_during_a_save_is_one_line_and_publishes_nothing(dataset, tmp_path, ranks):
+    with small_disk(tmp_path / "disk", "384k") as disk:  # room for the lock and metrics, not a checkpoint
+        with pytest.raises(RankFailure, match=rf"CheckpointError: save: writing iteration 5 to {disk}/run failed "
+                                              r"\(No space left on device\); nothing was published"):
+            train(ranks, dataset, "--save", str(disk / "run"), "--save-interval", "5", iters=10)
+        assert sorted(path.name for path in (disk / "run").iterdir()) == [LOCK_FILE, "metrics.jsonl"]
+
+
+def _save_after_the_disk_turned_read_only(argv, disk):
+    from headless_megatron.config import parse_config
+    from headless_megatron.training.loop import start_trainer
+
+    trainer = start_trainer(parse_config(argv))
+    trainer.train_step(trainer.train_data_iterator())
+    read_only_from_now(Path(disk) / "run")
+    try:
+        trainer._save(1)
+    except CheckpointError as error:
+        return str(error)
+    return None
+
+
+def test_a_disk_turned_read_only_mid_run_is_one_line_at_the_next_save(dataset, tmp_path):
+    with small_disk(tmp_path / "disk", "64m") as disk:
+        argv = ["--config", "configs/gpt_headless_tiny.yaml", "--data-path", dataset, "--train-iters", "10",
+                "--lr-warmup-iters", "2", "--eval-iters", "0", "--num-workers", "0", "--save", str(disk / "run")]
+        try:
+            message = run_on_ranks(_save_after_the_disk_turned_read_only, 1, args=(argv, str(disk)), timeout=300)[0]
+        finally:
+            subprocess.run(["umount", str(disk / "run")])
+    assert message == (f"save: writing iteration 1 to {disk}/run failed (Read-only file system); nothing was "
+                       "published, the previous checkpoint stays the latest")

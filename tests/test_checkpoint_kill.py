@@ -19,7 +19,7 @@ from training_runs import TINY, assert_losses_close, train
 
 from headless_megatron.config import parse_config
 from headless_megatron.training.loop import pretrain
-from headless_megatron.training.run_directory import CheckpointError, latest_checkpoint
+from headless_megatron.training.run_directory import CheckpointError, checkpoint_to_resume, latest_checkpoint
 
 
 def _pretrain_killing_a_rank_in_save(argv, iteration, pid_file):
@@ -70,8 +70,9 @@ def test_a_rank_killed_while_saving_leaves_the_previous_checkpoint_which_the_res
     shutil.copytree(run, forged)
     (forged / "iter_0000010.tmp").rename(forged / "iter_0000010")
     (forged / "latest_checkpointed_iteration.txt").write_text("10\n")
-    with pytest.raises(CheckpointError, match="names iteration 10, but .*iter_0000010 is missing or incomplete"):
-        latest_checkpoint(forged)
+    with pytest.raises(CheckpointError, match="iter_0000010: incomplete checkpoint: metadata.json is missing"):
+        checkpoint_to_resume(forged)
+    assert checkpoint_to_resume(forged, fallback=True)[0] == forged / "iter_0000005"
 
     # The restarted job resumes from 5, replaces the leftover and matches an uninterrupted run.
     resumed = train(2, dataset, "--save", str(run), "--load", str(run), iters=10)

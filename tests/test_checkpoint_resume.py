@@ -6,6 +6,7 @@ requeue."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from local_ranks import RankFailure
@@ -111,3 +112,104 @@ def test_load_equal_to_save_without_a_checkpoint_says_it_starts_fresh_and_wandb_
     assert (save / "wandb_run_id.txt").read_text().strip() == run_id
     runs = sorted(path.name for path in (save / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(name.endswith(f"-{run_id}") for name in runs), runs
+
+
+# ---- What a resumed run takes from the checkpoint and what from its flags (docs: "Resuming a run") ----
+
+
+def _started(argv):
+    """On a rank: start the trainer of ``argv`` (it resumes) and report where it stands."""
+    from headless_megatron.config import parse_config
+    from headless_megatron.training.loop import start_trainer
+
+    trainer = start_trainer(parse_config(argv))
+    scheduler = trainer.scheduler
+    return {"iteration": trainer.iteration, "consumed": trainer.consumed_train_samples, "max_lr": scheduler.max_lr,
+            "min_lr": scheduler.min_lr, "decay_steps": scheduler.lr_decay_steps}
+
+
+def start(dataset, run, *flags):
+    from local_ranks import run_on_ranks
+
+    argv = ["--config", "configs/gpt_headless_tiny.yaml", "--data-path", dataset, "--train-iters",
+            str(REFERENCE_ITERS), "--lr-warmup-iters", "2", "--eval-iters", "0", "--num-workers", "0",
+            "--save", str(run), "--load", str(run), *flags]
+    return run_on_ranks(_started, 1, args=(argv,), timeout=300)[0]
+
+
+def test_a_changed_global_batch_size_continues_at_the_first_unread_sample_and_counts_right(saved_run, dataset,
+                                                                                           tmp_path):
+    run = copy_of(saved_run[0], tmp_path)
+    assert start(dataset, run, "--global-batch-size", "32")["consumed"] == 20 * 16
+    summary, output = train_printing(1, dataset, "--save", str(run), "--load", str(run), "--global-batch-size", "32",
+                                     "--exit-interval", "22", "--log-interval", "1", iters=REFERENCE_ITERS)
+    assert summary.iterations == 22
+    assert "global_batch_size: 32 from iteration 21 (the checkpoint's 16); the data continues at sample 320" in output
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["consumed_samples"]) for r in records if r.get("iteration", 0) > 20 and "loss" in r] \
+        == [(21, 352), (22, 384)]
+    import torch
+
+    common = torch.load(run / "iter_0000022" / "common.pt", weights_only=True)
+    assert common["consumed_train_samples"] == 384
+
+
+def test_a_changed_schedule_is_refused_unless_a_flag_says_which_one_to_follow(saved_run, dataset, tmp_path):
+    run = copy_of(saved_run[0], tmp_path)
+    with pytest.raises(RankFailure, match=r"CheckpointError: lr: 0\.002 differs from the checkpoint's 0\.003; pass "
+                                          r"--override-opt-param-scheduler .* or --use-checkpoint-opt-param-scheduler"):
+        start(dataset, run, "--lr", "2e-3")
+    with pytest.raises(RankFailure, match=r"CheckpointError: lr_decay_iters: 40 differs from the checkpoint's 30"):
+        start(dataset, run, "--train-iters", "40")
+    applied = start(dataset, run, "--lr", "2e-3", "--min-lr", "1e-4", "--override-opt-param-scheduler")
+    assert (applied["max_lr"], applied["min_lr"], applied["iteration"]) == (2e-3, 1e-4, 20)
+    extended = start(dataset, run, "--train-iters", "40", "--override-opt-param-scheduler")
+    assert extended["decay_steps"] == 40
+    kept = start(dataset, run, "--lr", "2e-3", "--use-checkpoint-opt-param-scheduler")
+    assert (kept["max_lr"], kept["min_lr"]) == (3e-3, 3e-4)
+
+
+def test_another_sequence_length_or_tokenizer_is_refused_unless_overridden(saved_run, dataset, topics_dataset,
+                                                                          tmp_path):
+    run = copy_of(saved_run[0], tmp_path)
+    with pytest.raises(RankFailure, match=rf"CheckpointError: seq_length: 32 here, 64 in {run}/iter_0000020; a "
+                                          r"sample would mean something else .* --override-checkpoint-data"):
+        start(dataset, run, "--seq-length", "32")
+    assert start(dataset, run, "--seq-length", "32", "--override-checkpoint-data")["iteration"] == 20
+    with pytest.raises(RankFailure, match=r"CheckpointError: tokenizer: tokenizer sha256:\S+ here, tokenizer "
+                                          r"sha256:\S+ in .*iter_0000020"):
+        start(topics_dataset, run)
+
+
+@pytest.mark.parametrize("damage", ["metadata.json missing", "common.pt truncated"])
+def test_every_kind_of_incomplete_latest_checkpoint_is_named_and_the_fallback_flag_resumes(saved_run, dataset,
+                                                                                          tmp_path, damage):
+    run = copy_of(saved_run[0], tmp_path)
+    latest = run / "iter_0000020"
+    if damage == "metadata.json missing":
+        (latest / "metadata.json").unlink()
+        expected = "incomplete checkpoint: metadata.json is missing"
+    else:
+        (latest / "common.pt").write_bytes((latest / "common.pt").read_bytes()[:100])
+        expected = "not a readable torch_dist checkpoint \\(its common.pt: "
+    with pytest.raises(RankFailure, match=rf"CheckpointError: {latest}: {expected}.*--load-fallback"):
+        start(dataset, run)
+    assert start(dataset, run, "--load-fallback")["iteration"] == 10
+
+
+def test_a_damaged_pretrained_checkpoint_is_named_in_one_line(saved_run, dataset, tmp_path):
+    run = copy_of(saved_run[0], tmp_path)
+    shard = truncate_largest_shard(run / "iter_0000020")
+    with pytest.raises(RankFailure, match=rf"CheckpointError: pretrained: {run / 'iter_0000020'}: incomplete "
+                                          rf"checkpoint: {shard.name} is truncated"):
+        train(1, dataset, "--pretrained", str(run), "--save", str(tmp_path / "finetuned"), iters=12)
+
+
+def test_a_shard_damaged_in_place_is_one_line_naming_the_checkpoint(saved_run, dataset, tmp_path):
+    run = copy_of(saved_run[0], tmp_path)
+    shard = max((run / "iter_0000020").glob("*.distcp"), key=lambda p: p.stat().st_size)
+    shard.write_bytes(random.Random(0).randbytes(shard.stat().st_size))  # same size: the completeness check passes
+    with pytest.raises(RankFailure, match=rf"CheckpointError: {run / 'iter_0000020'}: damaged: a shard cannot be "
+                                          r"read \(UnpicklingError\); resume from an earlier checkpoint") as error:
+        start(dataset, run)
+    assert "FrameSummary" not in str(error.value)

@@ -112,6 +112,8 @@ def test_data_path_in_yaml_as_list_or_string(tmp_path):
     (["0.3", "a", "0.7"], "data_path: expected PREFIX"),
     (["a", "0.7", "b"], "data_path: expected PREFIX"),
     (["0", "a"], "data_path: weights must be positive"),
+    (["nan", "a"], "data_path: weights must be positive finite numbers, got nan for 'a'"),
+    (["inf", "a", "1", "b"], "data_path: weights must be positive finite numbers, got inf for 'a'"),
 ])
 def test_malformed_blends_are_refused(items, message):
     with expect_error(message):
@@ -200,6 +202,8 @@ def test_a_command_parser_can_host_the_flags():
 @pytest.mark.parametrize("field, value, message", [
     ("num_layers", 0, "num_layers: expected a positive integer, got 0"),
     ("lr", -1.0, "lr: expected a positive number, got -1.0"),
+    ("cwt_temperature", float("inf"), "cwt_temperature: expected a positive number, got inf"),
+    ("cwt_temperature", "nan", "cwt_temperature: expected a positive number, got nan"),
     ("distributed_timeout_minutes", 0, "distributed_timeout_minutes: expected a positive number, got 0"),
     ("hidden_dropout", 1.0, "hidden_dropout: expected a number in [0, 1), got 1.0"),
     ("ckpt_format", "torch", "ckpt_format: expected one of torch_dist, got 'torch'"),
@@ -269,7 +273,12 @@ def test_replace_checks_the_new_values():
     ({"fp8_format": "hybrid", "transformer_impl": "local"}, 1, "fp8_format: needs Transformer Engine"),
     ({"hidden_size": 16, "num_attention_heads": 2}, 1, "ffn_hidden_size: the SwiGLU default"),
     ({"position_embedding_type": "learned_absolute", "max_position_embeddings": 32}, 1,
-     "max_position_embeddings: 32 is below seq_length 64"),
+     "max_position_embeddings: 32 is below seq_length 64; a learned position table needs a row per position"),
+    ({"position_embedding_type": "rope", "max_position_embeddings": 32}, 1,
+     "max_position_embeddings: 32 is below seq_length 64; the model (and its Hugging Face export) would claim fewer "
+     "positions"),
+    ({"override_opt_param_scheduler": True, "use_checkpoint_opt_param_scheduler": True}, 1,
+     "override_opt_param_scheduler: and use_checkpoint_opt_param_scheduler contradict each other"),
 ])
 def test_inconsistent_values_name_the_key(overrides, world_size, message):
     config = tiny(**overrides)

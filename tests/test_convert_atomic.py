@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from file_systems import small_disk
 
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.atomic import atomic_directory, check_apart
-
-
-@contextlib.contextmanager
-def small_disk(mount_point: Path, size: str) -> Iterator[Path]:
-    """``mount_point`` made a tmpfs of ``size`` (``"1m"``): a real file system that fills up, as a
-    full disk does, with the kernel's own ENOSPC."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill up needs root (the test suite runs as root here and in CI)")
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], check=True)
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_the_directory_appears_only_when_the_block_succeeds(tmp_path):

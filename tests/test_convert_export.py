@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from data_fixtures import TOPICS_VOCAB, tiny_builtin_dataset
+from file_systems import small_disk
 from local_ranks import run_on_ranks
-from test_convert_atomic import small_disk
 
 from headless_megatron.cli import main
 from headless_megatron.config import config_from_dict, parse_config

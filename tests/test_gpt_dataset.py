@@ -1,11 +1,16 @@
 """The pretraining sampler (Megatron-LM's order, identical micro-batches in every DP layout) and the
-data check that runs before anything is built."""
+data checks that run before anything is built (the files, and the tokenizer they were made with)."""
+
+from pathlib import Path
 
 import pytest
 
 from headless_megatron.cli import main
 from headless_megatron.config import ConfigError, parse_config
-from headless_megatron.data.gpt_dataset import MicroBatchSampler, check_data
+from headless_megatron.data.errors import DataError
+from headless_megatron.data.gpt_dataset import MicroBatchSampler, check_data, check_tokenizer_matches_data
+from headless_megatron.data.sidecar import read_sidecar, sidecar_path
+from headless_megatron.data.tokenizer import load_tokenizer, tokenizer_for_dataset
 
 
 def _micro_batches(dp_size, micro_batch_size=4, total=64, consumed=0):
@@ -44,3 +49,24 @@ def test_the_data_is_checked_before_anything_is_built(dataset, capsys):
     assert main(["pretrain", "--nproc-per-node", "2", *flags, "--split", "99990,9,1"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("headless-megatron pretrain: error: split: '99990,9,1' leaves the valid split")
+
+
+def test_a_tokenizer_or_vocabulary_the_data_was_not_made_with_is_refused_before_training(dataset, topics_dataset):
+    other = Path(topics_dataset).parent / read_sidecar(sidecar_path(topics_dataset)).tokenizer["path"]
+    flags = ["--config", "configs/gpt_headless_tiny.yaml", "--data-path", dataset]
+
+    def check(*extra):
+        config = parse_config([*flags, *extra])
+        tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else tokenizer_for_dataset(dataset)
+        check_tokenizer_matches_data(config, tokenizer, config.vocab_size or tokenizer.vocab_size)
+
+    check()  # the dataset's own tokenizer
+    check("--tokenizer", str(Path(dataset).parent / read_sidecar(sidecar_path(dataset)).tokenizer["path"]))
+    with pytest.raises(DataError, match=rf"^tokenizer: 500 ids, but {dataset} holds ids up to 511 \(its tokenizer has "
+                                        r"512\); use the dataset's tokenizer and leave vocab_size unset$"):
+        check("--tokenizer", str(other))
+    with pytest.raises(DataError, match=rf"^tokenizer: {other} is not the tokenizer {dataset} was made with "
+                                        r"\(\S+\); pass that one, or drop --tokenizer to use it$"):
+        check("--tokenizer", str(other), "--vocab-size", "512")
+    with pytest.raises(DataError, match=r"^vocab_size: 256 ids, but .* holds ids up to 511"):
+        check("--vocab-size", "256")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import re
 import types
 import typing
@@ -56,11 +57,11 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
 def _is_positive(value) -> bool:
-    return value > 0
+    return value > 0 and math.isfinite(value)  # inf passes "> 0" and then learns nothing
 
 
 def _is_non_negative(value) -> bool:
-    return value >= 0
+    return value >= 0 and math.isfinite(value)
 
 
 def _is_fraction(value) -> bool:
@@ -212,8 +213,8 @@ def parse_blend(items: list[str]) -> tuple[list[str], list[float] | None]:
     for w, prefix in zip(weights, prefixes):
         if weight(w) is None or weight(prefix) is not None:
             fail("data_path", f"{example}; got {w!r} {prefix!r} where a WEIGHT PREFIX pair belongs")
-        if weight(w) <= 0:
-            fail("data_path", f"weights must be positive, got {w} for {prefix!r}")
+        if not 0 < weight(w) < math.inf:  # nan and inf too: Megatron's blend would assert on them
+            fail("data_path", f"weights must be positive finite numbers, got {w} for {prefix!r}")
     return prefixes, [weight(w) for w in weights]
 
 

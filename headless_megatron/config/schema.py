@@ -262,6 +262,18 @@ class TrainConfig(DerivedValues):
     """When loading, skip the optimizer and scheduler state."""
     no_load_rng: bool = False
     """When loading, skip the RNG state."""
+    override_opt_param_scheduler: bool = False
+    """When resuming, apply this run's learning-rate schedule (lr, min_lr, lr_warmup_iters,
+    lr_decay_iters or train_iters, lr_decay_style, weight_decay) from the checkpoint's iteration on,
+    where it differs from the checkpoint's. Without it or use_checkpoint_opt_param_scheduler, a
+    changed schedule is refused."""
+    use_checkpoint_opt_param_scheduler: bool = False
+    """When resuming, keep the checkpoint's learning-rate schedule and ignore this run's schedule
+    keys where they differ."""
+    override_checkpoint_data: bool = False
+    """When resuming, accept another seq_length, vocabulary or tokenizer than the checkpoint's
+    (each changes what a sample is; the data position stays counted in samples). Without it such a
+    resume is refused."""
     finetune: bool = False
     """Load only the weights from load and start at iteration 0 with a fresh optimizer and
     schedule (Megatron-LM's --finetune)."""

@@ -46,10 +46,13 @@ def _validate_model(config: TrainConfig) -> None:
             "ffn_hidden_size", f"the SwiGLU default int(4 x {config.hidden_size} x 2/3 / 64) x 64 "
             "is 0 for so small a hidden_size; set ffn_hidden_size"
         )
-    if config.position_embedding_type == "learned_absolute" and config.max_positions < config.seq_length:
+    if config.max_positions < config.seq_length:
+        learned = config.position_embedding_type == "learned_absolute"
+        table = ("a learned position table needs a row per position" if learned
+                 else "the model (and its Hugging Face export) would claim fewer positions than it is trained on")
         fail(
-            "max_position_embeddings", f"{config.max_positions} is below seq_length "
-            f"{config.seq_length}; a learned position table needs a row per position"
+            "max_position_embeddings", f"{config.max_positions} is below seq_length {config.seq_length}; {table}; "
+            "raise it or leave it unset"
         )
     for key, size, what in (
         ("num_attention_heads", heads, "attention heads"),
@@ -115,6 +118,11 @@ def _validate_training(config: TrainConfig) -> None:
             "overlap_param_gather", "cannot be combined with pipeline_model_parallel_size > 1 and "
             "loss cwt (the last stage's copy of the embeddings would be read before its all-gather); "
             "drop --overlap-param-gather"
+        )
+    if config.override_opt_param_scheduler and config.use_checkpoint_opt_param_scheduler:
+        fail(
+            "override_opt_param_scheduler", "and use_checkpoint_opt_param_scheduler contradict each other; "
+            "keep the one that says which schedule a resumed run follows"
         )
     if config.finetune and config.load is None:
         fail(

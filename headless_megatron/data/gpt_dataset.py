@@ -21,7 +21,9 @@ from typing import Iterator
 
 import torch
 
+from headless_megatron.data.errors import DataError
 from headless_megatron.data.index_header import IndexHeader, IndexProblem, read_index_header
+from headless_megatron.data.sidecar import read_sidecar, sidecar_path
 from headless_megatron.data.tokenizer import Tokenizer
 from headless_megatron.quiet import drop_log_records
 from headless_megatron.runtime.processes import ignore_stop_signals
@@ -71,11 +73,12 @@ def micro_batches(dataset, consumed_samples: int, micro_batch_size: int, num_wor
     return iter(loader)
 
 
-def samples_per_split(config) -> tuple[int, int, int]:
-    """The (train, valid, test) samples a run of ``config`` reads: validation only when it runs."""
+def samples_per_split(config, train_samples: int | None = None) -> tuple[int, int, int]:
+    """The (train, valid, test) samples a run of ``config`` reads: validation only when it runs;
+    ``train_samples`` when a resumed run needs another count than train_iters x global_batch_size."""
     batch = config.global_batch_size
     valid = config.eval_iters * batch if config.eval_interval and config.eval_iters else 0
-    return config.train_iters * batch, valid, 0
+    return train_samples or config.train_iters * batch, valid, 0
 
 
 def check_data(config) -> None:
@@ -87,6 +90,31 @@ def check_data(config) -> None:
         return
     headers = {prefix: check_indexed_dataset(prefix) for prefix in config.data_blend()[0]}
     _check_every_split_has_documents(config, split_bounds(config.split), samples_per_split(config), headers)
+
+
+def check_tokenizer_matches_data(config, tokenizer: Tokenizer | None, vocab_size: int) -> None:
+    """Refuse, in one line, a tokenizer the data was not made with (its sidecar records the
+    tokenizer's fingerprint), or a vocabulary smaller than the data's ids: either would train on
+    ids that mean other tokens, or fail deep in the embedding. Datasets without a sidecar (made by
+    another tool) record nothing to compare."""
+    if config.mock_data:
+        return
+    for prefix in config.data_blend()[0]:
+        if not sidecar_path(prefix).is_file():
+            continue
+        recorded = read_sidecar(sidecar_path(prefix)).tokenizer
+        if recorded.get("vocab_size", 0) > vocab_size:
+            key = "vocab_size" if config.vocab_size else "tokenizer"
+            raise DataError(
+                f"{key}: {vocab_size} ids, but {prefix} holds ids up to {recorded['vocab_size'] - 1} (its tokenizer "
+                f"has {recorded['vocab_size']}); use the dataset's tokenizer and leave vocab_size unset"
+            )
+        made_with = recorded.get("fingerprint")
+        if config.tokenizer and tokenizer is not None and made_with not in (None, tokenizer.fingerprint):
+            raise DataError(
+                f"tokenizer: {config.tokenizer} is not the tokenizer {prefix} was made with "
+                f"({recorded.get('path')}); pass that one, or drop --tokenizer to use it"
+            )
 
 
 def split_bounds(split: str) -> list[tuple[float, float] | None]:
@@ -106,7 +134,7 @@ def split_bounds(split: str) -> list[tuple[float, float] | None]:
     return bounds
 
 
-def build_gpt_datasets(config, tokenizer: Tokenizer | None):
+def build_gpt_datasets(config, tokenizer: Tokenizer | None, train_samples: int | None = None):
     """(train, valid, test) ``GPTDataset``s (or Megatron's mock data) of :func:`samples_per_split`
     samples each, from data :func:`check_data` accepted.
 
@@ -116,7 +144,7 @@ def build_gpt_datasets(config, tokenizer: Tokenizer | None):
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
     blend = config.data_blend()
-    samples = samples_per_split(config)
+    samples = samples_per_split(config, train_samples)
     dataset_config = GPTDatasetConfig(
         random_seed=config.seed,
         sequence_length=config.seq_length,

@@ -35,6 +35,10 @@ class DirectoryInUse(UserError):
     """Another process writes to this directory now."""
 
 
+class DirectoryUnwritable(UserError):
+    """The directory cannot be written at all (under a file, read-only, no space)."""
+
+
 class DirectoryLock:
     """The exclusive lock on ``lock_file`` (a run directory's :data:`LOCK_FILE`, or a file beside a
     conversion's output), with its lease and heartbeat. ``what`` names the directory in messages."""
@@ -48,6 +52,12 @@ class DirectoryLock:
         self._heartbeat: threading.Thread | None = None
 
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except OSError as error:  # under a file, read-only, no space: the directory cannot be written
+            raise DirectoryUnwritable(f"{self.what}: cannot write there ({error.strerror or error})") from None
+
+    def _acquire(self) -> None:
         self.lock_file.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -71,8 +81,14 @@ class DirectoryLock:
                 f"{STALE_AFTER_S:.0f} s"
             )
         lease = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(lease) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(lease) + "\n").encode(), 0)
+        except OSError:
+            if self.remove_on_release:
+                os.unlink(self.lock_file)
+            os.close(fd)
+            raise
         self._fd = fd
         self._stop.clear()
         self._heartbeat = threading.Thread(target=self._beat, name="directory-lock-heartbeat", daemon=True)

@@ -10,7 +10,12 @@ layout-free shape), so a run may resume with another TP/PP/DP layout than the on
 
 from __future__ import annotations
 
+import errno
+import os
+import pickle
 import random
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,7 @@ from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from headless_megatron.config import config_from_dict
 from headless_megatron.errors import first_line
+from headless_megatron.quiet import drop_log_records
 from headless_megatron.runtime.processes import helper_process_setup
 from headless_megatron.training.run_directory import (
     CheckpointError,
@@ -50,8 +56,30 @@ def root_cause(error: BaseException) -> BaseException:
     failures = getattr(error, "failures", None)
     if isinstance(failures, dict) and failures:
         wrapped = next(iter(failures.values()))
-        return getattr(wrapped, "exc", wrapped)
+        wrapped = getattr(wrapped, "exc", wrapped)
+        if isinstance(wrapped, tuple):  # (exception, its stack summary), as DCP's _wrap_exception makes it
+            wrapped = next((item for item in wrapped if isinstance(item, BaseException)), error)
+        return wrapped
     return error
+
+
+def _load(state: dict, path: Path, what: str = "") -> dict:
+    """``dist_checkpointing.load`` with its failures in one line: a shard that cannot be read is
+    damaged data (the completeness check sees sizes, not bytes), anything else a model that does
+    not fit the checkpoint (a shape or a key)."""
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    try:
+        return dist_checkpointing.load(state, str(path))
+    except (Exception, CheckpointException) as error:  # noqa: BLE001 - each kind gets its one line below
+        cause = root_cause(error)
+        unreadable = (pickle.UnpicklingError, EOFError, UnicodeDecodeError)
+        if isinstance(cause, unreadable) or "PytorchStreamReader" in str(cause):
+            raise CheckpointError(
+                f"{what}{path}: damaged: a shard cannot be read ({type(cause).__name__}); resume from an earlier "
+                "checkpoint (point latest_checkpointed_iteration.txt at it)"
+            ) from error
+        raise CheckpointError(f"{what}{path}: cannot be loaded into this model: {first_line(cause)}") from error
 
 
 def _unwrap(chunk):
@@ -199,28 +227,73 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
     ``sharded_strategy``: how ``dist_checkpointing`` writes the tensors (default: Megatron's torch_dist
     strategy; an import passes one that reads each tensor from the source model as it is written)."""
     staging = staging_dir(root, iteration)
-    if dist.get_rank() == 0:
-        prepare_staging(root, iteration)
-    dist.barrier()
     common = {**common, "iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}
     state = _sharded_state_dict(model_chunks, optimizer, scheduler, common, is_loading=False, with_rng=True)
-    with stop_signals_deferred():  # a save is never cut in half; see signals.stop_signals_deferred
-        if sharded_strategy is None:  # the helper serves Megatron's default writer only
-            _start_checkpoint_writer_helper()
-        dist_checkpointing.save(state, str(staging), sharded_strategy, content_metadata=SHARDING_METADATA)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        publish(root, iteration)
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    # Our one line says why a write failed; the writer's own log line would come before it.
+    drop_log_records("megatron.core.dist_checkpointing.strategies.filesystem_async", r"^Local process \d+ encounter")
+    try:
+        if dist.get_rank() == 0:
+            prepare_staging(root, iteration)
+        dist.barrier()
+        with stop_signals_deferred():  # a save is never cut in half; see signals.stop_signals_deferred
+            if sharded_strategy is None:  # the helper serves Megatron's default writer only
+                _start_checkpoint_writer_helper()
+            dist_checkpointing.save(state, str(staging), sharded_strategy, content_metadata=SHARDING_METADATA)
+        dist.barrier()
+        if dist.get_rank() == 0:
+            publish(root, iteration)
+    except (Exception, CheckpointException) as error:
+        cause = write_failure(error, staging)  # before the space is given back: a full disk is measured
+        if dist.get_rank() == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+        if cause is None:
+            raise
+        raise CheckpointError(
+            f"save: writing iteration {iteration} to {staging.parent} failed ({cause}); nothing was published, "
+            "the previous checkpoint stays the latest"
+        ) from error
     dist.barrier()
     return iteration_dir(root, iteration)
 
 
-def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, load_rng: bool = True) -> dict:
+def write_failure(error: BaseException, directory: Path) -> str | None:
+    """What went wrong on the disk when writing into ``directory`` failed with ``error`` ("No space left
+    on device", "Read-only file system", ...), or None when the failure is not the file system's."""
+    seen = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno:
+            return os.strerror(current.errno)
+        failures = getattr(current, "failures", None)
+        if isinstance(failures, dict):  # DCP's CheckpointException: {rank: wrapped exception}
+            for wrapped in failures.values():
+                wrapped = getattr(wrapped, "exc", wrapped)
+                pending.extend(wrapped if isinstance(wrapped, tuple) else (wrapped,))
+        pending.extend(item for item in (current.__cause__, current.__context__) if isinstance(item, BaseException))
+    text = str(error)  # a writer process's error reaches us as text: "Worker failure: [Errno 28] ..."
+    quoted = re.search(r"\[Errno (\d+)\]", text)
+    if quoted:
+        return os.strerror(int(quoted.group(1)))
+    if "unexpected pos" in text or "PytorchStreamWriter failed" in text:  # torch.save's zip writer cut short
+        free = shutil.disk_usage(directory.parent if directory.parent.exists() else "/").free
+        return os.strerror(errno.ENOSPC) if free < (1 << 20) else "a file was cut short while writing"
+    return None
+
+
+def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, load_rng: bool = True,
+                    common: dict | None = None) -> dict:
     """Load model weights (and optimizer, scheduler, RNG when given/asked) in this run's layout.
 
-    Returns the checkpoint's common state (``iteration``, ``consumed_train_samples``, ``config``...).
+    Returns the checkpoint's common state (``iteration``, ``consumed_train_samples``, ``config``...);
+    ``common``: that state, when the caller has read it already.
     """
-    common = read_common(path)
+    common = read_common(path) if common is None else common
     saved = common.get("config", {})
     same_layout = (
         saved.get("tensor_model_parallel_size") == ps.get_tensor_model_parallel_world_size()
@@ -228,12 +301,7 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
     )
     with_rng = load_rng and same_layout  # RNG streams belong to (PP, TP) ranks; they do not reshard
     state = _sharded_state_dict(model_chunks, optimizer, scheduler, {}, is_loading=True, with_rng=with_rng)
-    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
-
-    try:
-        loaded = dist_checkpointing.load(state, str(path))
-    except (Exception, CheckpointException) as error:  # noqa: BLE001 - a shape or key mismatch, or damaged data
-        raise CheckpointError(f"{path}: cannot be loaded into this model: {first_line(root_cause(error))}") from error
+    loaded = _load(state, path)
     for index, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{index}"
         _unwrap(chunk).load_state_dict(loaded[key])
@@ -287,7 +355,7 @@ def load_pretrained_weights(root: str | Path, model_chunks, config) -> dict:
             head.key = "embedding.word_embeddings.weight"
             # A second reader of the embedding shard, not its owner (as Megatron marks the tied copy).
             head.replica_id = (1, *head.replica_id[1:]) if isinstance(head.replica_id, tuple) else 1
-    loaded = dist_checkpointing.load(state, str(path))
+    loaded = _load(state, path, "pretrained: ")
     for index, chunk in enumerate(model_chunks):
         _unwrap(chunk).load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{index}"])
     return common

@@ -28,7 +28,14 @@ from megatron.core.transformer.module import Float16Module
 
 from headless_megatron.config import TrainConfig
 from headless_megatron.config.megatron import kernel_backend, transformer_config
-from headless_megatron.data.gpt_dataset import build_gpt_datasets, check_data, micro_batches, shut_down_workers
+from headless_megatron.data.gpt_dataset import (
+    build_gpt_datasets,
+    check_data,
+    check_tokenizer_matches_data,
+    micro_batches,
+    shut_down_workers,
+)
+from headless_megatron.errors import UserError
 from headless_megatron.models.family import ModelFamily
 from headless_megatron.models.registry import build_model_stage, family_of, validate_config
 from headless_megatron.runtime.distributed import init_distributed, naming_lost_ranks
@@ -41,8 +48,13 @@ from headless_megatron.training.metrics import (
     transformer_flops_per_token,
 )
 from headless_megatron.training.optimizer import build_optimizer, build_scheduler
-from headless_megatron.training.resume import resume
-from headless_megatron.training.run_directory import metrics_file, wandb_run_id
+from headless_megatron.training.resume import DataIdentity, resume
+from headless_megatron.training.run_directory import (
+    lock_run_directories,
+    metrics_file,
+    release_run_directories,
+    wandb_run_id,
+)
 from headless_megatron.training.signals import StopConditions, kill_helpers_at_exit
 
 
@@ -100,6 +112,22 @@ def _forward_step(data_iterator, model, *, device, family: ModelFamily, candidat
     return output, partial(_loss_func, batch["loss_mask"], count)
 
 
+def _on_rank_zero_for_all(action):
+    """``action()``'s result on rank 0 (None elsewhere), or its one-line error raised on every rank,
+    so that no rank waits in a collective for a peer that has given up."""
+    problem = result = None
+    if dist.get_rank() == 0:
+        try:
+            result = action()
+        except UserError as error:
+            problem = error
+    shared = [problem]
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0] is not None:
+        raise shared[0]
+    return result
+
+
 class NumericalError(RuntimeError):
     """Too many consecutive iterations with a NaN/Inf loss or gradient."""
 
@@ -116,8 +144,16 @@ class Trainer:
         self.num_microbatches = config.num_microbatches(self.world_size)
         self.tokenizer = self._tokenizer()
         vocab = config.vocab_size or self.tokenizer.vocab_size
+        check_tokenizer_matches_data(config, self.tokenizer, vocab)
         self.padded_vocab = config.padded_vocab_size(vocab)
-        backend = kernel_backend(config.transformer_impl)
+        self.directory_locks = _on_rank_zero_for_all(lambda: lock_run_directories(config)) or []
+        try:
+            self._build(config, device, backend=kernel_backend(config.transformer_impl))
+        except BaseException:
+            release_run_directories(self.directory_locks, failed=True)
+            raise
+
+    def _build(self, config: TrainConfig, device: torch.device, backend: str) -> None:
         self.transformer_config = transformer_config(config, backend)
         self.transformer_config.finalize_model_grads_func = finalize_model_grads
         # One model chunk per virtual pipeline stage (interleaved 1F1B), else one per rank.
@@ -133,9 +169,12 @@ class Trainer:
         if config.fp16:
             self.transformer_config.grad_scale_func = self.optimizer.scale_loss
         self.scheduler = build_scheduler(config, self.optimizer)
-        self.iteration = resume(config, self.model_chunks, self.optimizer, self.scheduler, self._say)
+        data = DataIdentity(config.seq_length, self.padded_vocab, getattr(self.tokenizer, "fingerprint", None))
+        start = resume(config, self.model_chunks, self.optimizer, self.scheduler, data, self._say)
+        self.data_identity = data
+        self.iteration, self.consumed_train_samples = start.iteration, start.consumed_train_samples
         self.skipped_iterations = self.skipped_in_a_row = 0
-        self.train_data, self.valid_data, _ = build_gpt_datasets(config, self.tokenizer)
+        self.train_data, self.valid_data, _ = build_gpt_datasets(config, self.tokenizer, self._train_samples_needed())
         self.train_data, self.valid_data = (
             self.family.wrap_data(config, self.tokenizer, windows) if windows is not None else None
             for windows in (self.train_data, self.valid_data)
@@ -147,7 +186,6 @@ class Trainer:
         self.forward_step = partial(
             _forward_step, device=device, family=self.family, candidates=self.candidates
         )
-        # Created last, so that a run refused while setting up leaves no empty save directory.
         self.logger = MetricsLogger(
             config, config.metrics_dir, self.iteration, dist.get_rank() == 0, self.world_size,
             wandb_id=wandb_run_id(config.metrics_dir, dist.get_rank() == 0) if config.wandb_enabled else None,
@@ -238,10 +276,19 @@ class Trainer:
             chunk.train()
         return (totals[0] / totals[1]).item()
 
+    def _train_samples_needed(self) -> int:
+        """Samples of the train split the run reads to its end: those read before it resumed, then a
+        global batch per remaining iteration (the same as train_iters x global_batch_size, unless
+        the batch size changed on resume)."""
+        config = self.config
+        remaining = (config.train_iters - self.iteration) * config.global_batch_size
+        return max(config.train_iters * config.global_batch_size, self.consumed_train_samples + remaining)
+
     def _save(self, iteration: int) -> str:
         path = save_checkpoint(
             self.config.save, iteration, self.model_chunks, self.optimizer, self.scheduler,
-            {"config": self.config.to_dict(), "consumed_train_samples": iteration * self.config.global_batch_size},
+            {"config": self.config.to_dict(), "consumed_train_samples": self.consumed_train_samples,
+             "data": self.data_identity.to_dict()},
         )
         self.logger.message(f"saved checkpoint {path}")
         return str(path)
@@ -258,6 +305,7 @@ class Trainer:
         self.optimizer.zero_grad()
         totals = self._run_schedule(data, self.num_microbatches, forward_only=False)
         self.iteration += 1
+        self.consumed_train_samples += self.config.global_batch_size  # read, even when the step is skipped
         loss_sum, loss_tokens, candidate_products = totals.tolist()  # the iteration's one host sync
         projected = self.family.projected_positions(self.config, loss_tokens)
         flops = self.body_flops + head_flops(self.config, self.padded_vocab, projected, candidate_products)
@@ -290,10 +338,9 @@ class Trainer:
         return not flag.item()
 
     def train_data_iterator(self):
-        batch = self.config.global_batch_size
         return self._data_iterators(partial(
-            micro_batches, self.train_data, self.iteration * batch, self.config.micro_batch_size,
-            self.config.num_workers, total_samples=self.config.train_iters * batch,
+            micro_batches, self.train_data, self.consumed_train_samples, self.config.micro_batch_size,
+            self.config.num_workers, total_samples=self._train_samples_needed(),
         ))
 
     def train(self) -> RunSummary:
@@ -310,7 +357,8 @@ class Trainer:
                 losses.append(loss)
                 self.logger.train(
                     self.iteration, loss, self.optimizer.param_groups[0]["lr"], grad_norm,
-                    time.perf_counter() - iteration_started, flops, self.skipped_iterations,
+                    time.perf_counter() - iteration_started, flops, self.consumed_train_samples,
+                    self.skipped_iterations,
                 )
                 if config.eval_interval and config.eval_iters and self.iteration % config.eval_interval == 0:
                     val_loss = self.evaluate()
@@ -330,6 +378,7 @@ class Trainer:
         finally:
             stop.restore()
             shut_down_workers(data)
+            release_run_directories(self.directory_locks)
         self.logger.close()
         metrics = metrics_file(config)
         return RunSummary(self.iteration, losses[-1] if losses else float("nan"), val_loss, checkpoint,

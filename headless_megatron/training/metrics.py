@@ -155,7 +155,7 @@ class MetricsLogger:
             print(line, flush=True)
 
     def train(self, iteration: int, loss: float, lr: float, grad_norm: float | None, seconds: float,
-              flops: float, skipped: int = 0) -> None:
+              flops: float, consumed_samples: int, skipped: int = 0) -> None:
         """Record one iteration; print/emit every ``log_interval`` iterations and at the last one."""
         if not self.rank_zero:
             return
@@ -177,7 +177,7 @@ class MetricsLogger:
             "tokens_per_sec": tokens_per_sec,
             "tflops_per_device": tflops,
             "iteration_seconds": seconds,
-            "consumed_samples": iteration * self.config.global_batch_size,
+            "consumed_samples": consumed_samples,
             "skipped_iterations": skipped,
             "flops_convention": FLOPS_CONVENTION,
         }

@@ -10,6 +10,7 @@ Layout, as in Megatron-LM::
     <save>/latest_checkpointed_iteration.txt  the tracker: the published iteration to resume from
     <save>/metrics.jsonl                      the metrics log (unless log_dir is set)
     <save>/wandb_run_id.txt                   the W&B run a requeued job continues
+    <save>/.headless-megatron.lock            held by the run that writes here (runtime/directory_lock.py)
 
 A checkpoint is written to ``iter_XXXXXXX.tmp/`` (:func:`staging_dir`); after every rank has
 finished writing, rank 0 publishes it (:func:`publish`): renames it into place and only then rewrites the
@@ -20,15 +21,18 @@ complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from headless_megatron.config import TrainConfig
 from headless_megatron.errors import UserError, first_line
+from headless_megatron.runtime.directory_lock import LOCK_FILE, DirectoryLock
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 COMMON_FILE = "common.pt"
@@ -63,8 +67,8 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     if not text.isdigit():
         raise CheckpointError(f"{tracker}: expected an iteration number, found {text!r}")
     path = iteration_dir(root, int(text))
-    if not (path / MEGATRON_METADATA_FILE).is_file():
-        raise CheckpointError(f"{tracker} names iteration {text}, but {path} is missing or incomplete")
+    if not path.is_dir():
+        raise CheckpointError(f"{tracker} names iteration {text}, but {path} is missing")
     return path
 
 
@@ -113,6 +117,7 @@ def checkpoint_problem(path: Path) -> str | None:
         return f"{path}: incomplete checkpoint: {MEGATRON_METADATA_FILE} is missing"
     try:
         complete_metadata(path)
+        read_common(path)
     except CheckpointError as error:
         return str(error)
     return None
@@ -194,6 +199,48 @@ def publish(root: str | Path, iteration: int) -> Path:
     pending.write_text(f"{iteration}\n")
     os.replace(pending, tracker)
     return final
+
+
+@dataclass
+class HeldDirectory:
+    """A run directory this run holds the lock of; ``created`` when the run made the directory."""
+
+    path: Path
+    lock: DirectoryLock
+    created: bool
+
+
+def lock_run_directories(config: TrainConfig) -> list[HeldDirectory]:
+    """Take the lock of every directory the run writes (``save``, and ``log_dir`` when it differs),
+    creating them: a one-line ``DirectoryInUse`` naming the holder when another run holds one, or
+    ``DirectoryUnwritable`` with the cause when it cannot be written (under a file, read-only, no
+    space). Rank 0's job, before anything is built."""
+    held: list[HeldDirectory] = []
+    directories: dict[Path, str] = {}
+    for key, value in (("save", config.save), ("log_dir", config.metrics_dir)):
+        if value:
+            directories.setdefault(Path(value).resolve(), key)
+    try:
+        for directory, key in directories.items():
+            created = not directory.exists()
+            lock = DirectoryLock(directory / LOCK_FILE, f"{key} {directory}")
+            lock.acquire()
+            held.append(HeldDirectory(directory, lock, created))
+    except BaseException:
+        release_run_directories(held, failed=True)
+        raise
+    return held
+
+
+def release_run_directories(held: list[HeldDirectory], failed: bool = False) -> None:
+    """Release the locks; after a ``failed`` start, also remove a directory the run created and
+    left empty, so that a refused run leaves nothing behind."""
+    for directory in held:
+        directory.lock.release()
+        if failed and directory.created:
+            with contextlib.suppress(OSError):
+                (directory.path / LOCK_FILE).unlink()
+                directory.path.rmdir()  # only when empty
 
 
 def refuse_to_overwrite_another_run(config: TrainConfig) -> None:
