@@ -36,12 +36,16 @@ def _config(args, command: str):
 
 def validate_for_launch(args, world_size: int, command: str = "pretrain") -> None:
     """The config and data checks that need no rank, run by ``--nproc-per-node`` before it starts any."""
-    from headless_megatron.data.gpt_dataset import check_data
+    from headless_megatron.data.gpt_dataset import check_data, check_tokenizer_matches_data
+    from headless_megatron.data.tokenizer import load_tokenizer
     from headless_megatron.models.registry import validate_config
 
     config = _config(args, command)
     validate_config(config, world_size)
     check_data(config)
+    if config.tokenizer or config.vocab_size:  # otherwise the data's own tokenizer is the run's
+        tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else None
+        check_tokenizer_matches_data(config, tokenizer, config.vocab_size or tokenizer.vocab_size)
 
 
 def run(args, command: str = "pretrain") -> int:

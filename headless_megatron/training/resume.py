@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headless_megatron.config import TrainConfig, config_from_dict
-from headless_megatron.training.checkpoint import load_checkpoint, load_pretrained_weights
+from headless_megatron.training.checkpoint import ARCHITECTURE_KEYS, load_checkpoint, load_pretrained_weights
 from headless_megatron.training.run_directory import (
     CheckpointError,
     checkpoint_problem,
@@ -92,6 +92,7 @@ def resume(config: TrainConfig, model_chunks, optimizer, scheduler, data: DataId
     saved = config_from_dict(common["config"])
     load_optimizer = not (config.no_load_optim or config.finetune)
     if not config.finetune:
+        _check_architecture(config, saved, path)
         _check_data_identity(config, saved, common.get("data"), data, path)
     if load_optimizer:
         _choose_schedule(config, saved, scheduler, say)
@@ -113,6 +114,17 @@ def resume(config: TrainConfig, model_chunks, optimizer, scheduler, data: DataId
         say(f"global_batch_size: {config.global_batch_size} from iteration {iteration + 1} (the checkpoint's "
             f"{saved.global_batch_size}); the data continues at sample {consumed}, the first not yet read")
     return StartPoint(iteration, consumed)
+
+
+def _check_architecture(config: TrainConfig, saved: TrainConfig, path: Path) -> None:
+    """A resumed run is the checkpoint's model: a key that changes it (even one that keeps every
+    shape, such as normalization or position_embedding_type) is refused."""
+    for key in ARCHITECTURE_KEYS:
+        if getattr(config, key) != getattr(saved, key):
+            raise CheckpointError(
+                f"{key}: {getattr(config, key)} here, {getattr(saved, key)} in {path}; a resumed run keeps the "
+                "checkpoint's model (start from its weights with --pretrained, or give this run another save)"
+            )
 
 
 def _choose_schedule(config: TrainConfig, saved: TrainConfig, scheduler, say) -> None:
