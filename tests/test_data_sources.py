@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import logging
+import random
 
 import datasets.config
 import huggingface_hub.constants
@@ -162,6 +164,26 @@ def test_invalid_utf8_names_the_file_and_the_byte(tmp_path, read, name, streamin
         match=rf"^--input {tmp_path}/1-bad/{name}: invalid UTF-8 at byte {offset}; convert the file to UTF-8$",
     ):
         read([tmp_path], streaming=streaming)
+
+
+NOT_JSON_LINES = {
+    "random bytes": (random.Random(0).randbytes(4096), "line 1 is not UTF-8 text"),
+    "a line of text": (b'{"text": "fine"}\nnot json\n', "line 2, column 1: Expecting value"),
+    "a number": (b'{"text": "fine"}\n\n12\n', "line 3 is a JSON number, not an object"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_JSON_LINES)
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_file_that_is_not_json_lines_is_named_in_one_line_and_nothing_is_logged(tmp_path, read, case, streaming,
+                                                                                    caplog):
+    content, where = NOT_JSON_LINES[case]
+    _write_jsonl(tmp_path / "0-good.jsonl")
+    (tmp_path / "1-bad.jsonl").write_bytes(content)
+    with pytest.raises(DataError) as raised:
+        read([tmp_path], streaming=streaming)
+    assert str(raised.value) == f"--input {tmp_path}/1-bad.jsonl: not JSON lines (one JSON object per line): {where}"
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
 
 
 def test_hub_dataset_that_cannot_be_loaded(read, monkeypatch):

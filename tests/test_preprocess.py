@@ -1,6 +1,8 @@
 """The preprocess pipeline and command: round trip, GPTDataset, shards + merge, every bad input."""
 
 import json
+import logging
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +14,14 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from headless_megatron.cli import main
+from headless_megatron.data import preprocess, tokenizer_training
 from headless_megatron.data.builtin import builtin_documents
 from headless_megatron.data.indexed import AtomicDatasetWriter, DatasetPaths
-from headless_megatron.data.preprocess import build_dataset
+from headless_megatron.data.preprocess import build_dataset, prepare_tokenizer
 from headless_megatron.data.sidecar import read_sidecar
 from headless_megatron.data.sources import Corpus
 from headless_megatron.data.tokenizer import tokenizer_for_dataset
+from headless_megatron.data.workers import PIECE_CHARACTERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,6 +190,76 @@ def test_bad_input_is_a_one_line_error_and_leaves_no_output(case, topics_tokeniz
     error = capsys.readouterr().err.splitlines()[-1]
     assert error == f"headless-megatron preprocess: error: {message.format(dir=tmp_path)}"
     assert _outputs(tmp_path) == (["cache"] if (tmp_path / "cache").exists() else [])
+
+
+@pytest.mark.parametrize("streaming", [[], ["--streaming"]])
+def test_random_bytes_named_jsonl_are_one_line_on_stderr_and_nothing_else(streaming, topics_tokenizer, tmp_path,
+                                                                            capfd, caplog):
+    (tmp_path / "random.jsonl").write_bytes(random.Random(0).randbytes(1 << 16))
+    assert _preprocess("--input", tmp_path / "random.jsonl", "--tokenizer", topics_tokenizer, *streaming,
+                       "--output-prefix", tmp_path / "out", "--cache-dir", tmp_path / "cache") == 2
+    assert capfd.readouterr().err == (f"headless-megatron preprocess: error: --input {tmp_path}/random.jsonl: not JSON "
+                                      "lines (one JSON object per line): line 1 is not UTF-8 text\n")
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
+    assert _outputs(tmp_path) == ["cache"]
+
+
+def _with_normalizer(tokenizer_directory, path):
+    """The tokenizer with a normalizer: its ids are not known to survive a cut, so it encodes documents whole."""
+    config = json.loads((Path(tokenizer_directory) / "tokenizer.json").read_text())
+    path.write_text(json.dumps({**config, "normalizer": {"type": "NFC"}}))
+    return path
+
+
+def test_a_document_longer_than_a_piece_gets_the_ids_of_the_whole_document(topics_tokenizer, tmp_path):
+    text = " ".join(builtin_documents("python-topics"))
+    assert len(text) > 4 * PIECE_CHARACTERS
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    assert _preprocess("--input", tmp_path / "a.jsonl", "--tokenizer", topics_tokenizer,
+                       "--output-prefix", tmp_path / "out", "--cache-dir", tmp_path / "cache") == 0
+    tokenizer = tokenizer_for_dataset(tmp_path / "out_text_document")
+    dataset = IndexedDataset(str(tmp_path / "out_text_document"))  # kept: its arrays view its memory map
+    assert dataset[0].tolist() == tokenizer.tokenize(text) + [tokenizer.eod]
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_a_document_encoded_at_once_above_the_limit_is_refused(normalized, topics_tokenizer, tmp_path, monkeypatch,
+                                                                capsys):
+    monkeypatch.setattr(preprocess, "MAX_PIECE_CHARACTERS", 2 * PIECE_CHARACTERS)
+    long_text = " ".join(builtin_documents("python-topics"))[:200_000]
+    stretch = "intro words " + "y" * 150_000 + " outro"
+    records = [{"text": "short"}, {"text": long_text}, {"text": stretch}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    tokenizer = _with_normalizer(topics_tokenizer, tmp_path / "t.json") if normalized else topics_tokenizer
+    assert _preprocess("--input", tmp_path / "a.jsonl", "--tokenizer", tokenizer,
+                       "--output-prefix", tmp_path / "out", "--cache-dir", tmp_path / "cache") == 2
+    if normalized:
+        message = ("record 1 has 200,000 characters, more than the 131,072 that the --tokenizer encodes at once (only "
+                   "byte-level BPE and unigram tokenizers with GPT-2's pre-tokenization, as --train-tokenizer makes, "
+                   "are encoded in pieces); split the document")
+    else:
+        message = ("record 2 has a stretch of 150,001 characters without whitespace to cut at, more than the 131,072 "
+                   "that are encoded at once; split the document")
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"headless-megatron preprocess: error: --input {tmp_path}/a.jsonl: {message}")
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_a_tokenizer_trained_on_pieces_is_the_one_trained_on_whole_documents(monkeypatch):
+    documents = [" ".join(builtin_documents("python-topics")), "a short one"]
+    sizes = []
+    train_tokenizer = tokenizer_training.train_tokenizer
+
+    def recording(kind, vocab_size, texts, source=""):
+        texts = list(texts)
+        sizes.extend(map(len, texts))
+        return train_tokenizer(kind, vocab_size, texts, source)
+
+    monkeypatch.setattr(tokenizer_training, "train_tokenizer", recording)
+    corpus = Corpus("python strings", ["python strings"], "text", 2, lambda: iter(documents))
+    trained = prepare_tokenizer(corpus, train="bpe", vocab_size=400)
+    assert max(sizes) <= PIECE_CHARACTERS and sum(sizes) == sum(map(len, documents))
+    assert trained.encoder_json() == train_tokenizer("bpe", 400, documents).encoder_json()
 
 
 def test_an_output_prefix_under_a_file_is_refused_before_the_tokenizer_loads(tmp_path, capsys):

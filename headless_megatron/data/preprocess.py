@@ -8,7 +8,8 @@ Documents that cannot be used are skipped and counted, never silently dropped: `
 whitespace-only, or a missing value) and ``invalid_utf8`` (text that is not valid Unicode, such as a
 lone surrogate from a JSON ``\\udc80`` escape). The counts are in the summary line and the sidecar. A
 value that is not text (a number, a list) is an error, and so is a corpus left with no document:
-both mean the wrong input or ``--text-key``, and no output is written.
+both mean the wrong input or ``--text-key``, and no output is written. So is a document that would
+be tokenized in one piece of more than ``MAX_PIECE_CHARACTERS`` (see ``workers.piece_bounds``).
 
 ``merge_shards`` concatenates the datasets written with ``--shard i/n`` (each to
 ``P-0000i-of-0000n_<key>_document``) into ``P_<key>_document``, in shard order, after checking
@@ -32,10 +33,13 @@ from headless_megatron.data.indexed import AtomicDatasetWriter, DatasetPaths, to
 from headless_megatron.data.sidecar import DatasetInfo, read_sidecar
 from headless_megatron.data.sources import Corpus, Shard
 from headless_megatron.data.tokenizer import Tokenizer, load_tokenizer
-from headless_megatron.data.workers import Batch, TokenizerPool
+from headless_megatron.data.workers import Batch, TokenizerPool, cuts_keep_ids, piece_bounds
 
 BATCH_TEXT_BYTES = 128 << 10  # small enough to balance a few MB over the workers
 BATCH_MAX_DOCUMENTS = 1024
+# The Rust encoder holds about 150 bytes per character of what it is given at once: about 1.2 GB
+# per worker for a piece this long.
+MAX_PIECE_CHARACTERS = 8 << 20
 SKIP_REASONS = {"empty": "empty", "invalid_utf8": "invalid UTF-8", "no_text_key": "no text (field missing or null)"}
 
 
@@ -66,9 +70,12 @@ class Summary:
         )
 
 
-def clean_documents(corpus: Corpus, skipped: Counter | None = None, strict: bool = False) -> Iterator[tuple[str, int]]:
+def clean_documents(corpus: Corpus, skipped: Counter | None = None, strict: bool = False, *,
+                    in_pieces: bool) -> Iterator[tuple[str, int]]:
     """``(text, UTF-8 size)`` of each usable document; the others are counted in ``skipped``
-    (records without the text field refused instead when ``strict``)."""
+    (records without the text field refused instead when ``strict``). A document whose longest
+    piece (``piece_bounds`` when ``in_pieces``, else the whole) is over ``MAX_PIECE_CHARACTERS`` is
+    refused."""
     skipped = Counter() if skipped is None else skipped
     for number, value in enumerate(corpus.documents()):
         if value is None:  # the field is absent from this record (datasets fills in None) or null
@@ -90,6 +97,8 @@ def clean_documents(corpus: Corpus, skipped: Counter | None = None, strict: bool
         except UnicodeEncodeError:
             skipped["invalid_utf8"] += 1
             continue
+        if len(value) > MAX_PIECE_CHARACTERS:
+            _refuse_long_pieces(value, f"--input {corpus.description}: record {number}", in_pieces)
         yield value, size
 
 
@@ -107,7 +116,11 @@ def prepare_tokenizer(
         return load_tokenizer(tokenizer)
     if vocab_size is None:
         raise DataError(f"--train-tokenizer {train}: --vocab-size is required")
-    texts = (text for text, _ in clean_documents(corpus))
+    # The trainer pre-tokenizes with GPT-2's byte-level rule, as the tokenizer it makes does
+    # (workers.cuts_keep_ids), so the pieces hold the same words as the documents: the same
+    # tokenizer, in the memory of a piece.
+    documents = (text for text, _ in clean_documents(corpus, in_pieces=True))
+    texts = (text[start:end] for text in documents for start, end in piece_bounds(text))
     return train_tokenizer(train, vocab_size, _not_empty(texts, corpus), source=corpus.description)
 
 
@@ -131,6 +144,7 @@ def build_dataset(
     if workers < 1:
         raise DataError(f"--workers {workers}: expected at least 1")
     skipped: Counter = Counter({reason: 0 for reason in SKIP_REASONS})
+    usable = clean_documents(corpus, skipped, strict, in_pieces=cuts_keep_ids(tokenizer.encoder_json()))
     documents = tokens = text_bytes = 0
     with AtomicDatasetWriter(paths, token_type) as writer, TokenizerPool(tokenizer, token_type, workers) as pool:
         # Timed from here: entering the writer imports Megatron-Core and torch, a once-per-process
@@ -139,7 +153,7 @@ def build_dataset(
         bar = tqdm(total=corpus.num_documents, unit="doc", unit_scale=True, desc="tokenizing", disable=not progress,
                    mininterval=0.5, dynamic_ncols=True)
         with bar:
-            for batch, tokenized in pool.map(_batches(clean_documents(corpus, skipped, strict))):
+            for batch, tokenized in pool.map(_batches(usable)):
                 writer.add_documents(tokenized.tokens, tokenized.lengths)
                 documents += len(batch.texts)
                 tokens += int(tokenized.lengths.sum())
@@ -242,6 +256,21 @@ def _batches(documents: Iterator[tuple[str, int]]) -> Iterator[Batch]:
             texts, size = [], 0
     if texts:
         yield Batch(texts, size)
+
+
+def _refuse_long_pieces(text: str, record: str, in_pieces: bool) -> None:
+    if not in_pieces:
+        raise DataError(
+            f"{record} has {len(text):,} characters, more than the {MAX_PIECE_CHARACTERS:,} that the --tokenizer "
+            "encodes at once (only byte-level BPE and unigram tokenizers with GPT-2's pre-tokenization, as "
+            "--train-tokenizer makes, are encoded in pieces); split the document"
+        )
+    longest = max(end - start for start, end in piece_bounds(text))
+    if longest > MAX_PIECE_CHARACTERS:
+        raise DataError(
+            f"{record} has a stretch of {longest:,} characters without whitespace to cut at, more than the "
+            f"{MAX_PIECE_CHARACTERS:,} that are encoded at once; split the document"
+        )
 
 
 def _not_empty(texts: Iterator[str], corpus: Corpus) -> Iterator[str]:

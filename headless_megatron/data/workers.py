@@ -7,6 +7,11 @@ With ``workers == 1`` it tokenizes in the calling process; with more, batches go
 starts in a fraction of a second). Each worker encodes one document at a time on one core, so
 ``workers`` is the number of cores used for tokenization.
 
+A long document is encoded in pieces of about ``PIECE_CHARACTERS`` (``piece_bounds``) when the
+tokenizer gives the same ids piece by piece as in one piece (``cuts_keep_ids``): the Rust encoder
+holds some 150 bytes per character of the text it is given (a 50 MB one-line document took 7.5 GB),
+so its memory is that of a piece, not of the document.
+
 Memory stays bounded whatever the corpus size: at most ``IN_FLIGHT_PER_WORKER * workers`` batches
 are submitted and not yet consumed (``Pool.imap`` would instead read the whole input ahead into its
 task queue). Workers are started with ``spawn``: forking a process whose reader threads
@@ -15,7 +20,9 @@ task queue). Workers are started with ``spawn``: forking a process whose reader 
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -31,6 +38,13 @@ if TYPE_CHECKING:
     from headless_megatron.data.tokenizer import Tokenizer
 
 IN_FLIGHT_PER_WORKER = 4
+PIECE_CHARACTERS = 1 << 16  # ~10 MB in the Rust encoder, and long enough that the calls cost nothing
+
+# A cut goes before an ASCII whitespace character that follows a non-whitespace one. Python's \S
+# leaves out every character that the tokenizers' regex engine counts as \s (Python's whitespace
+# adds U+001C..U+001F to Unicode's), so the character before a cut is \S to both.
+_LAST_CUT = re.compile(r".*\S(?=[ \t\n\r\x0b\x0c])", re.DOTALL)
+_NEXT_CUT = re.compile(r"\S(?=[ \t\n\r\x0b\x0c])")
 
 
 @dataclass
@@ -49,6 +63,48 @@ class TokenizedBatch:
     lengths: np.ndarray
 
 
+def cuts_keep_ids(encoder_json: str) -> bool:
+    """Whether the tokenizer serialized in ``encoder_json`` gives the ids of a whole text when it
+    encodes the pieces of ``piece_bounds`` one by one.
+
+    True for BPE and unigram models (each encodes every pre-token on its own) behind GPT-2's
+    byte-level pre-tokenization, with no normalizer and no added token matched inside the text
+    (special tokens are encoded as text here): what ``--train-tokenizer`` makes, and GPT-2's own.
+    Every alternative of GPT-2's regex matches either no whitespace or whitespace only (after at
+    most one leading space), so no pre-token holds a non-whitespace character and the whitespace
+    after it: a cut there is a pre-token boundary of the whole text; the regex looks one character
+    ahead at most and never behind, so the pre-tokens on either side of the cut are the same in the
+    piece as in the whole. Other pipelines may join or change characters across a cut (a
+    normalizer; Llama 3's pre-tokenizer, which keeps punctuation with the newlines after it).
+    """
+    config = json.loads(encoder_json)
+    pre_tokenizer = config.get("pre_tokenizer") or {}
+    model = config.get("model") or {}
+    return (
+        config.get("normalizer") is None
+        and pre_tokenizer.get("type") == "ByteLevel"
+        and pre_tokenizer.get("add_prefix_space") is False
+        and pre_tokenizer.get("use_regex", True) is True
+        and model.get("type") in ("BPE", "Unigram")
+        and not model.get("dropout")
+        and all(token.get("special") for token in config.get("added_tokens") or [])
+    )
+
+
+def piece_bounds(text: str, budget: int = PIECE_CHARACTERS) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of consecutive pieces of ``text``, cut where ``cuts_keep_ids`` holds, each at
+    most ``budget`` characters unless a stretch of ``text`` has no such cut (it then ends at the
+    next one)."""
+    start = 0
+    while len(text) - start > budget:
+        cut = _LAST_CUT.match(text, start, start + budget + 1) or _NEXT_CUT.search(text, start + budget)
+        if cut is None:
+            break
+        yield start, cut.end()
+        start = cut.end()
+    yield start, len(text)
+
+
 class BatchEncoder:
     """Documents -> ids with the end-of-document id appended, as the dataset stores them."""
 
@@ -57,23 +113,33 @@ class BatchEncoder:
 
         self._encoder = tokenizers.Tokenizer.from_str(encoder_json)
         self._encoder.encode_special_tokens = True  # a runtime flag, not in the JSON; see tokenizer.py
+        self._in_pieces = cuts_keep_ids(encoder_json)
         self._eod = eod
         self._dtype = np.dtype(dtype_name)
 
     def __call__(self, texts: list[str]) -> TokenizedBatch:
-        ids: list[int] = []
+        parts: list[np.ndarray] = []
         lengths = np.empty(len(texts), dtype=np.int64)
+        end_of_document = self._fitting([self._eod])
         for number, text in enumerate(texts):
-            document = self._encoder.encode(text, add_special_tokens=False).ids
-            ids.extend(document)
-            ids.append(self._eod)
-            lengths[number] = len(document) + 1
-        tokens = np.array(ids, dtype=np.int64)
-        # token_dtype() sized the dtype from the vocabulary; a tokenizer whose ids exceed its own
-        # vocabulary size must still never be written truncated.
-        if tokens.size and tokens.max() > np.iinfo(self._dtype).max:
-            raise DataError(f"the tokenizer produced id {tokens.max()}, which does not fit --dtype {self._dtype.name}")
-        return TokenizedBatch(tokens.astype(self._dtype), lengths)
+            bounds = piece_bounds(text) if self._in_pieces else [(0, len(text))]
+            # Each piece becomes an array of the dataset's dtype at once: a list of Python ints
+            # would take 36 bytes per token, 18 times what a uint16 takes.
+            document = [self._fitting(self._encoder.encode(text[start:end], add_special_tokens=False).ids)
+                        for start, end in bounds]
+            parts.extend(document)
+            parts.append(end_of_document)
+            lengths[number] = sum(map(len, document)) + 1
+        tokens = np.concatenate(parts) if parts else np.empty(0, dtype=self._dtype)
+        return TokenizedBatch(tokens, lengths)
+
+    def _fitting(self, ids: list[int]) -> np.ndarray:
+        """``ids`` in the dataset's dtype. token_dtype() sized it from the vocabulary; a tokenizer
+        whose ids exceed its own vocabulary size must still never be written truncated."""
+        array = np.array(ids, dtype=np.int64)
+        if array.size and array.max() > np.iinfo(self._dtype).max:
+            raise DataError(f"the tokenizer produced id {array.max()}, which does not fit --dtype {self._dtype.name}")
+        return array.astype(self._dtype)
 
 
 _worker_encoder: BatchEncoder | None = None
