@@ -6,6 +6,8 @@ aborts at once."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from fault_runs import FaultRun, pretrain_argv
 
@@ -57,3 +59,24 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_previous_checkpoint(datase
     assert result.code not in (0, None) and result.seconds < 60 and not result.leftovers, result.stderr[-3000:]
     assert checkpoint_to_resume(save) == (save / "iter_0000002", "")
     assert "press Ctrl-C again to abort without saving" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_sent_from_outside_to_every_process_of_the_launch_exits_0(name, dataset, tmp_path):
+    """As ``scancel``, SLURM's time limit and a terminal's Ctrl-C do: the launcher, torchrun's agent, the
+    ranks and their DataLoader workers all get it at once, at a moment the run does not choose."""
+    save = tmp_path / "run"
+    argv = pretrain_argv(dataset, save, "--save-interval", "2", "--num-workers", "2", nproc=2, iters=400)
+    run = FaultRun(argv, tmp_path)
+    run.wait_until(lambda: "saved checkpoint" in run.stdout_path.read_text(), timeout=120)
+    run.signal_group(getattr(signal, name))
+    result = run.finish(timeout=180)
+    assert result.code == 0, result.stderr[-3000:]
+    stops = [line for line in result.stdout.splitlines() if line.startswith("stopping after iteration")]
+    assert len(stops) == 1 and stops[0].endswith(f": {name}; saving, resume with --load {save}"), result.stdout
+    stopped_at = int(stops[0].split()[3].rstrip(":"))
+    assert checkpoint_to_resume(save) == (save / f"iter_{stopped_at:07d}", "")
+    # Nothing else on stderr: no "rank ? failed", no torch "death signal" line (Ctrl-C's hint is rank 0's).
+    hints = [line for line in result.stderr.splitlines() if "press Ctrl-C again to abort without saving" in line]
+    assert result.stderr.splitlines() == hints and len(hints) == (name == "SIGINT"), result.stderr[-3000:]
+    assert not result.leftovers

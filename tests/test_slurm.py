@@ -152,6 +152,26 @@ def test_sigusr1_to_the_batch_shell_requeues_and_scancel_then_ends_the_job_for_g
     assert info["JobState"] == "CANCELLED" and info["Restarts"] == "1" and tracker(tmp_path) == second_stop
 
 
+@pytest.mark.parametrize("name", ["TERM", "INT"])
+def test_a_stop_signal_to_every_rank_under_srun_saves_and_the_step_exits_0(cluster, dataset, tmp_path, name):
+    """srun starts the ranks itself, and ``scancel --signal`` reaches every process of the step (the
+    ranks and their DataLoader workers): the ranks save, the step exits 0, and the script, which
+    SLURM has not asked to end the job, requeues it to go on (cancelled here)."""
+    job = submit(cluster, "pretrain_gpt.sbatch", tmp_path, dataset, launcher="srun", extra="--save-interval 2")
+    deadline = time.monotonic() + 180
+    while len(metrics(tmp_path)) < 3:
+        assert time.monotonic() < deadline and not finished(cluster.job(job)), log(tmp_path)
+        time.sleep(0.2)
+    cluster.signal(job, name)
+    cluster.wait(job, lambda info: finished(info) or info["JobState"] == "PENDING", timeout=180)
+    cluster.cancel(job)
+    text = log(tmp_path)
+    stopped_at = int(text.split("stopping after iteration ")[1].split(":")[0])
+    assert f"stopping after iteration {stopped_at}: SIG{name}; saving" in text
+    assert f"stopped at iteration {stopped_at} of {ITERS} (step exit code 0): requeueing" in text, text
+    assert tracker(tmp_path) == stopped_at and "Traceback" not in text
+
+
 def test_finetune_job_starts_from_the_pretrained_run_and_resumes_from_its_own_checkpoint(
         cluster, dataset, uninterrupted_gpt, tmp_path):
     pretrained = uninterrupted_gpt[0] / "run"

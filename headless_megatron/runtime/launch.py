@@ -8,9 +8,11 @@ command line before (a bad config key is one line, printed once); a rank that st
 input prints its one line, and the launcher adds nothing to it.
 
 Stop signals are the ranks' to handle (they finish the iteration, save and exit 0): the launcher
-passes SIGTERM and SIGUSR1 on to them instead of letting torchrun's agent turn them into a failure
-(``SignalException``, exit 1, and SIGKILL after 30 s, possibly in the middle of the save). SIGINT
-from a terminal reaches the ranks directly (same process group), so the launcher only waits.
+passes SIGTERM, SIGUSR1 and SIGINT on to them instead of letting torchrun's agent turn them into a
+failure (``SignalException``, exit 1, and SIGKILL after 30 s, possibly in the middle of the save),
+and exits 0 with them. torchrun starts the ranks in process groups of their own, so a signal to the
+launcher's group (a terminal's Ctrl-C, ``kill -- -PGID``) reaches them only this way; SIGINT is not
+passed to a rank in the launcher's own group, which has had it already (a second one aborts).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import time
 from headless_megatron.errors import UsageError
 
 NPROC_FLAG = "--nproc-per-node"
+# The signals torchrun's agent may act on itself: hang-ups and quits, never the stop signals.
+AGENT_SIGNALS = "SIGHUP,SIGQUIT"
 
 
 def split_nproc_flag(argv: list[str]) -> tuple[int | None, list[str]]:
@@ -74,6 +78,8 @@ def launch_world_size() -> int:
 
 def launch_local_ranks(nproc: int, argv: list[str]) -> int:
     """Run ``python -m headless_megatron *argv`` on ``nproc`` local ranks; return the exit code."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     from headless_megatron.errors import EXIT_BAD_INPUT, REPORTED_MARK_VARIABLE
@@ -85,11 +91,15 @@ def launch_local_ranks(nproc: int, argv: list[str]) -> int:
         )
     # torchrun would otherwise set 1 thread per rank and warn about it; share the cores instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    torchrun_args = get_args_parser().parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "-m", "headless_megatron", *argv]
+    # Which signals torchrun's agent turns into a SignalException (and a failed launch): not the stop
+    # signals, which are the ranks'. Newer torch takes the flag (and overwrites the variable with
+    # its default when the flag is not given); older torch reads only the variable.
+    torchrun_args, older_torch = get_args_parser().parse_known_args(
+        ["--standalone", f"--nproc-per-node={nproc}", f"--signals-to-handle={AGENT_SIGNALS}",
+         "-m", "headless_megatron", *argv]
     )
-    # torchrun's agent reads which signals it turns into SignalException from this variable.
-    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+    if older_torch:
+        os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = AGENT_SIGNALS
     # The ranks print their own errors; torchrun's log lines about them would bury those.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="headless-megatron-") as scratch, _stop_signals_passed_to_ranks():
@@ -97,21 +107,31 @@ def launch_local_ranks(nproc: int, argv: list[str]) -> int:
         os.environ[REPORTED_MARK_VARIABLE] = os.path.join(scratch, "error-reported")
         try:
             run(torchrun_args)
-        except Exception as error:
-            failures = getattr(error, "failures", None) or {}
-            codes = sorted({failure.exitcode for failure in failures.values()})
+        except SignalException as error:  # SIGHUP or SIGQUIT: the agent has stopped the ranks
+            print(f"headless-megatron: stopped by {error.sigval.name}; the ranks were stopped", file=sys.stderr)
+            return 128 + error.sigval.value
+        except ChildFailedError as error:
+            failures = error.failures
             # A bad-input error (2) stays the command's exit code; ranks that torchrun stopped
             # because of it (SIGTERM, -15) say nothing more.
-            exited = {code for code in codes if code > 0}
+            exited = {failure.exitcode for failure in failures.values() if failure.exitcode > 0}
             if exited == {EXIT_BAD_INPUT}:
                 return EXIT_BAD_INPUT  # a rank has printed the one line that says why
-            ranks = ", ".join(map(str, sorted(failures))) or "?"
-            print(f"headless-megatron: rank {ranks} of {nproc} failed (exit code {', '.join(map(str, codes)) or '?'})",
-                  file=sys.stderr)
+            host = socket.gethostname()
+            print("headless-megatron: " + "; ".join(
+                f"rank {rank} of {nproc} on {host} {_ended(failure)}" for rank, failure in sorted(failures.items())
+            ), file=sys.stderr)
             return exited.pop() if len(exited) == 1 else 1
         finally:
             del os.environ[REPORTED_MARK_VARIABLE]
     return 0
+
+
+def _ended(failure) -> str:
+    """How a rank ended, from torchrun's ``ProcessFailure``: its exit code, or the signal that killed it."""
+    if failure.exitcode < 0:
+        return f"was killed by {failure.signal_name()}"
+    return f"failed (exit code {failure.exitcode})"
 
 
 @contextlib.contextmanager
@@ -120,12 +140,13 @@ def _stop_signals_passed_to_ranks():
 
     def pass_on(signum, _frame):
         for child in psutil.Process().children():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.send_signal(signum)
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                # A second SIGINT aborts a rank, so a rank that shares our process group, and got
+                # this one from the terminal or a group kill already, does not get it again.
+                if signum != signal.SIGINT or os.getpgid(child.pid) != os.getpgrp():
+                    child.send_signal(signum)
 
-    previous = {number: signal.signal(number, pass_on) for number in (signal.SIGTERM, signal.SIGUSR1)}
-    # A handler, not SIG_IGN, which the ranks would inherit.
-    previous[signal.SIGINT] = signal.signal(signal.SIGINT, lambda _signum, _frame: None)
+    previous = {number: signal.signal(number, pass_on) for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
         yield
     finally:
