@@ -114,7 +114,7 @@ def _save_after_the_disk_turned_read_only(argv, disk):
     trainer.train_step(trainer.train_data_iterator())
     read_only_from_now(Path(disk) / "run")
     try:
-        trainer._save(1)
+        trainer.save(1)
     except CheckpointError as error:
         return str(error)
     return None

@@ -23,15 +23,16 @@ from headless_megatron.training.run_directory import CheckpointError, checkpoint
 
 
 def _pretrain_killing_a_rank_in_save(argv, iteration, pid_file):
-    """Pretrain; rank 1 SIGKILLs itself as it enters the save of ``iteration``, after rank 0 has
-    created the staging directory and while rank 0 writes its part."""
+    """Pretrain; rank 0 SIGKILLs itself as it enters the save of ``iteration``, after it has created
+    the staging directory and while rank 1 writes its part (a surviving rank 0 would remove the
+    staging directory of a failed save; a dead one leaves it for the restart to replace)."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
     save = dist_checkpointing.save
 
     def save_or_die(state, directory, *args, **kwargs):
-        if dist.get_rank() == 1 and Path(directory).name == f"iter_{iteration:07d}.tmp":
+        if dist.get_rank() == 0 and Path(directory).name == f"iter_{iteration:07d}.tmp":
             # The processes this rank started (the checkpoint writer's) outlive it, as they would on a
             # cluster; the test stops them by PID.
             Path(pid_file).write_text(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)))
@@ -56,7 +57,7 @@ def test_a_rank_killed_while_saving_leaves_the_previous_checkpoint_which_the_res
             "--eval-iters", "0", "--num-workers", "0", "--save", str(run), "--load", str(run), "--save-interval", "5"]
     pid_file = tmp_path / "orphans"
     try:
-        with pytest.raises(RankFailure, match="rank 1 died with exit code -9"):
+        with pytest.raises(RankFailure, match="rank 0 died with exit code -9"):
             run_on_ranks(_pretrain_killing_a_rank_in_save, 2, args=(argv, 10, str(pid_file)))
     finally:
         _stop(pid_file)

@@ -21,6 +21,10 @@ TARGETS = {
     "loss": ("headless_megatron.benchmarks.loss", "CWT loss vs output projection + cross-entropy"),
     "preprocess": ("headless_megatron.benchmarks.preprocess", "tokenization throughput, 1 vs N workers"),
     "train": ("headless_megatron.benchmarks.train", "training iterations of several configs side by side"),
+    "checkpoint": (
+        "headless_megatron.benchmarks.checkpoint",
+        "time a checkpoint save blocks training, at once vs in the background",
+    ),
     "convert": (
         "headless_megatron.benchmarks.convert", "import-hf / export-hf round trip: time, peak memory, bit-equality"
     ),

@@ -255,6 +255,11 @@ class TrainConfig(DerivedValues):
     save_interval: int | None = None
     """Save every this many iterations (and at the end of training, and on exit). None: only at
     the end and on exit."""
+    async_save: bool = False
+    """Write checkpoints in the background while training goes on (Megatron-Core's async
+    torch_dist strategy): the loop waits only while the state is staged. One write at a time (a
+    save that comes first waits for it); a checkpoint becomes the latest once every rank's write
+    has finished; a stop signal and the end of training wait for the write in flight."""
     ckpt_format: Literal["torch_dist"] = "torch_dist"
     """Checkpoint format. Only torch_dist (Megatron-Core distributed checkpoints, which reshard
     across TP and PP sizes) is supported."""

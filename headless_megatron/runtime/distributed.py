@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from headless_megatron.config import ParallelLayout
-from headless_megatron.errors import first_line
+from headless_megatron.errors import UserError, first_line
 from headless_megatron.runtime import cpu
 from headless_megatron.runtime.processes import kill_children
 
@@ -176,3 +176,19 @@ def destroy_distributed() -> None:
 
 def is_rank_zero() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def on_rank_zero_for_all(action):
+    """``action()``'s result on rank 0 (None elsewhere), or its one-line error raised on every rank,
+    so that no rank waits in a collective for a peer that has given up."""
+    problem = result = None
+    if dist.get_rank() == 0:
+        try:
+            result = action()
+        except UserError as error:
+            problem = error
+    shared = [problem]
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0] is not None:
+        raise shared[0]
+    return result

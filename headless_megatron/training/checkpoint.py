@@ -10,12 +10,8 @@ layout-free shape), so a run may resume with another TP/PP/DP layout than the on
 
 from __future__ import annotations
 
-import errno
-import os
 import pickle
 import random
-import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +28,7 @@ from headless_megatron.quiet import drop_log_records
 from headless_megatron.runtime.processes import helper_process_setup
 from headless_megatron.training.run_directory import (
     CheckpointError,
+    abandon_save,
     iteration_dir,
     latest_checkpoint,
     prepare_staging,
@@ -176,7 +173,7 @@ def _materialize_optimizer_state(optimizer) -> None:
                 inner.optimizer.state[param].setdefault("step", torch.tensor(0.0))
 
 
-def _sharded_state_dict(model_chunks, optimizer, scheduler, common: dict, is_loading: bool, with_rng: bool):
+def sharded_checkpoint_state(model_chunks, optimizer, scheduler, common: dict, is_loading: bool, with_rng: bool):
     state = dict(common)
     # Megatron-LM's names: "model", or "model0", "model1"... for the chunks of virtual pipeline stages
     # (their tensors carry global layer offsets, so any chunking reshards into any other).
@@ -198,7 +195,7 @@ def _sharded_state_dict(model_chunks, optimizer, scheduler, common: dict, is_loa
 _writer_manager = None
 
 
-def _start_checkpoint_writer_helper() -> None:
+def start_checkpoint_writer_helper() -> None:
     """Start the helper process of Megatron's torch_dist writer ourselves, set up to ignore stop
     signals and to die with this rank.
 
@@ -220,6 +217,11 @@ def _start_checkpoint_writer_helper() -> None:
     filesystem_async._results_queue = _writer_manager.Queue()
 
 
+def quiet_writer_log() -> None:
+    """Our one line says why a write failed; the torch_dist writer's own log line would come first."""
+    drop_log_records("megatron.core.dist_checkpointing.strategies.filesystem_async", r"^Local process \d+ encounter")
+
+
 def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, scheduler, common: dict,
                     sharded_strategy=None) -> Path:
     """Write ``iter_<iteration>`` under ``root`` from every rank, then publish it atomically.
@@ -228,62 +230,25 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
     strategy; an import passes one that reads each tensor from the source model as it is written)."""
     staging = staging_dir(root, iteration)
     common = {**common, "iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}
-    state = _sharded_state_dict(model_chunks, optimizer, scheduler, common, is_loading=False, with_rng=True)
+    state = sharded_checkpoint_state(model_chunks, optimizer, scheduler, common, is_loading=False, with_rng=True)
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-    # Our one line says why a write failed; the writer's own log line would come before it.
-    drop_log_records("megatron.core.dist_checkpointing.strategies.filesystem_async", r"^Local process \d+ encounter")
+    quiet_writer_log()
     try:
         if dist.get_rank() == 0:
             prepare_staging(root, iteration)
         dist.barrier()
         with stop_signals_deferred():  # a save is never cut in half; see signals.stop_signals_deferred
             if sharded_strategy is None:  # the helper serves Megatron's default writer only
-                _start_checkpoint_writer_helper()
+                start_checkpoint_writer_helper()
             dist_checkpointing.save(state, str(staging), sharded_strategy, content_metadata=SHARDING_METADATA)
         dist.barrier()
         if dist.get_rank() == 0:
             publish(root, iteration)
     except (Exception, CheckpointException) as error:
-        cause = write_failure(error, staging)  # before the space is given back: a full disk is measured
-        if dist.get_rank() == 0:
-            shutil.rmtree(staging, ignore_errors=True)
-        if cause is None:
-            raise
-        raise CheckpointError(
-            f"save: writing iteration {iteration} to {staging.parent} failed ({cause}); nothing was published, "
-            "the previous checkpoint stays the latest"
-        ) from error
+        abandon_save(error, root, iteration, remove_staging=dist.get_rank() == 0)
     dist.barrier()
     return iteration_dir(root, iteration)
-
-
-def write_failure(error: BaseException, directory: Path) -> str | None:
-    """What went wrong on the disk when writing into ``directory`` failed with ``error`` ("No space left
-    on device", "Read-only file system", ...), or None when the failure is not the file system's."""
-    seen = set()
-    pending = [error]
-    while pending:
-        current = pending.pop()
-        if not isinstance(current, BaseException) or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno:
-            return os.strerror(current.errno)
-        failures = getattr(current, "failures", None)
-        if isinstance(failures, dict):  # DCP's CheckpointException: {rank: wrapped exception}
-            for wrapped in failures.values():
-                wrapped = getattr(wrapped, "exc", wrapped)
-                pending.extend(wrapped if isinstance(wrapped, tuple) else (wrapped,))
-        pending.extend(item for item in (current.__cause__, current.__context__) if isinstance(item, BaseException))
-    text = str(error)  # a writer process's error reaches us as text: "Worker failure: [Errno 28] ..."
-    quoted = re.search(r"\[Errno (\d+)\]", text)
-    if quoted:
-        return os.strerror(int(quoted.group(1)))
-    if "unexpected pos" in text or "PytorchStreamWriter failed" in text:  # torch.save's zip writer cut short
-        free = shutil.disk_usage(directory.parent if directory.parent.exists() else "/").free
-        return os.strerror(errno.ENOSPC) if free < (1 << 20) else "a file was cut short while writing"
-    return None
 
 
 def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, load_rng: bool = True,
@@ -300,7 +265,7 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
         and saved.get("pipeline_model_parallel_size") == ps.get_pipeline_model_parallel_world_size()
     )
     with_rng = load_rng and same_layout  # RNG streams belong to (PP, TP) ranks; they do not reshard
-    state = _sharded_state_dict(model_chunks, optimizer, scheduler, {}, is_loading=True, with_rng=with_rng)
+    state = sharded_checkpoint_state(model_chunks, optimizer, scheduler, {}, is_loading=True, with_rng=with_rng)
     loaded = _load(state, path)
     for index, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{index}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -35,11 +36,11 @@ from headless_megatron.data.gpt_dataset import (
     micro_batches,
     shut_down_workers,
 )
-from headless_megatron.errors import UserError
 from headless_megatron.models.family import ModelFamily
 from headless_megatron.models.registry import build_model_stage, family_of, validate_config
-from headless_megatron.runtime.distributed import init_distributed, naming_lost_ranks
+from headless_megatron.runtime.distributed import init_distributed, naming_lost_ranks, on_rank_zero_for_all
 from headless_megatron.runtime.launch import launch_world_size
+from headless_megatron.training.async_save import BackgroundSaves
 from headless_megatron.training.checkpoint import save_checkpoint
 from headless_megatron.training.metrics import (
     CandidateCounter,
@@ -112,22 +113,6 @@ def _forward_step(data_iterator, model, *, device, family: ModelFamily, candidat
     return output, partial(_loss_func, batch["loss_mask"], count)
 
 
-def _on_rank_zero_for_all(action):
-    """``action()``'s result on rank 0 (None elsewhere), or its one-line error raised on every rank,
-    so that no rank waits in a collective for a peer that has given up."""
-    problem = result = None
-    if dist.get_rank() == 0:
-        try:
-            result = action()
-        except UserError as error:
-            problem = error
-    shared = [problem]
-    dist.broadcast_object_list(shared, src=0)
-    if shared[0] is not None:
-        raise shared[0]
-    return result
-
-
 class NumericalError(RuntimeError):
     """Too many consecutive iterations with a NaN/Inf loss or gradient."""
 
@@ -146,7 +131,7 @@ class Trainer:
         vocab = config.vocab_size or self.tokenizer.vocab_size
         check_tokenizer_matches_data(config, self.tokenizer, vocab)
         self.padded_vocab = config.padded_vocab_size(vocab)
-        self.directory_locks = _on_rank_zero_for_all(lambda: lock_run_directories(config)) or []
+        self.directory_locks = on_rank_zero_for_all(lambda: lock_run_directories(config)) or []
         try:
             self._build(config, device, backend=kernel_backend(config.transformer_impl))
         except BaseException:
@@ -186,6 +171,8 @@ class Trainer:
         self.forward_step = partial(
             _forward_step, device=device, family=self.family, candidates=self.candidates
         )
+        self.checkpoint: str | None = None
+        self.background_saves = BackgroundSaves() if config.async_save else None
         self.logger = MetricsLogger(
             config, config.metrics_dir, self.iteration, dist.get_rank() == 0, self.world_size,
             wandb_id=wandb_run_id(config.metrics_dir, dist.get_rank() == 0) if config.wandb_enabled else None,
@@ -284,14 +271,27 @@ class Trainer:
         remaining = (config.train_iters - self.iteration) * config.global_batch_size
         return max(config.train_iters * config.global_batch_size, self.consumed_train_samples + remaining)
 
-    def _save(self, iteration: int) -> str:
-        path = save_checkpoint(
-            self.config.save, iteration, self.model_chunks, self.optimizer, self.scheduler,
-            {"config": self.config.to_dict(), "consumed_train_samples": self.consumed_train_samples,
-             "data": self.data_identity.to_dict()},
-        )
-        self.logger.message(f"saved checkpoint {path}")
-        return str(path)
+    def save(self, iteration: int) -> None:
+        """Save ``iteration``: at once, or with ``async_save`` started in the background (after the
+        write in flight, if any, has finished)."""
+        common = {"config": self.config.to_dict(), "consumed_train_samples": self.consumed_train_samples,
+                  "data": self.data_identity.to_dict()}
+        state = (self.config.save, iteration, self.model_chunks, self.optimizer, self.scheduler, common)
+        if self.background_saves is None:
+            self._published(save_checkpoint(*state))
+            return
+        self._published(self.background_saves.finish())
+        self.background_saves.start(*state)
+
+    def finish_saves(self) -> None:
+        """Wait for the checkpoint being written in the background, if any (collective)."""
+        if self.background_saves is not None:
+            self._published(self.background_saves.finish())
+
+    def _published(self, path: Path | None) -> None:
+        if path is not None:
+            self.checkpoint = str(path)
+            self.logger.message(f"saved checkpoint {path}")
 
     def train_step(self, data) -> tuple[float, float | None, float]:
         """One optimizer step over a global batch; returns (mean loss, grad norm, FLOPs).
@@ -347,7 +347,7 @@ class Trainer:
         config = self.config
         stop = StopConditions(config.exit_signal_handler, config.exit_duration_in_mins, config.exit_interval)
         data = self.train_data_iterator()
-        losses, val_loss, checkpoint, saved_at, stopped_by = [], None, None, self.iteration, ""
+        losses, val_loss, saved_at, stopped_by = [], None, self.iteration, ""
         for chunk in self.model_chunks:
             chunk.train()
         try:
@@ -363,8 +363,11 @@ class Trainer:
                 if config.eval_interval and config.eval_iters and self.iteration % config.eval_interval == 0:
                     val_loss = self.evaluate()
                     self.logger.validation(self.iteration, val_loss)
+                if self.background_saves is not None:
+                    self._published(self.background_saves.poll())
                 if config.save and config.save_interval and self.iteration % config.save_interval == 0:
-                    checkpoint, saved_at = self._save(self.iteration), self.iteration
+                    self.save(self.iteration)
+                    saved_at = self.iteration
                 stopped_by = stop.reason(self.iteration, self.device)
                 if stopped_by:
                     self.logger.message(
@@ -374,13 +377,14 @@ class Trainer:
                     )
                     break
             if config.save and saved_at != self.iteration:
-                checkpoint = self._save(self.iteration)
+                self.save(self.iteration)
+            self.finish_saves()  # the run ends when its last checkpoint is written
         finally:
             stop.restore()
             shut_down_workers(data)
             release_run_directories(self.directory_locks)
         self.logger.close()
         metrics = metrics_file(config)
-        return RunSummary(self.iteration, losses[-1] if losses else float("nan"), val_loss, checkpoint,
+        return RunSummary(self.iteration, losses[-1] if losses else float("nan"), val_loss, self.checkpoint,
                           None if metrics is None else str(metrics),
                           losses, stopped_by, self.skipped_iterations)

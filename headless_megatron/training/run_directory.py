@@ -22,9 +22,12 @@ complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
+import typing
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +202,53 @@ def publish(root: str | Path, iteration: int) -> Path:
     pending.write_text(f"{iteration}\n")
     os.replace(pending, tracker)
     return final
+
+
+def abandon_save(error: BaseException, root: str | Path, iteration: int, remove_staging: bool,
+                 background: bool = False) -> typing.NoReturn:
+    """A failed save: its staging directory removed (``remove_staging``: rank 0's job), and the error
+    in one line when it is the disk's, or when a ``background`` writer failed (its traceback is in
+    another process); any other error is raised as it is. Nothing is published."""
+    staging = staging_dir(root, iteration)
+    cause = write_failure(error, staging)  # before the space is given back: a full disk is measured
+    if remove_staging:
+        shutil.rmtree(staging, ignore_errors=True)
+    if cause is None and background:
+        cause = f"the background writer failed: {first_line(error)}"
+    if cause is None:
+        raise error
+    raise CheckpointError(
+        f"save: writing iteration {iteration} to {staging.parent} failed ({cause}); nothing was published, "
+        "the previous checkpoint stays the latest"
+    ) from error
+
+
+def write_failure(error: BaseException, directory: Path) -> str | None:
+    """What went wrong on the disk when writing into ``directory`` failed with ``error`` ("No space left
+    on device", "Read-only file system", ...), or None when the failure is not the file system's."""
+    seen = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno:
+            return os.strerror(current.errno)
+        failures = getattr(current, "failures", None)
+        if isinstance(failures, dict):  # DCP's CheckpointException: {rank: wrapped exception}
+            for wrapped in failures.values():
+                wrapped = getattr(wrapped, "exc", wrapped)
+                pending.extend(wrapped if isinstance(wrapped, tuple) else (wrapped,))
+        pending.extend(item for item in (current.__cause__, current.__context__) if isinstance(item, BaseException))
+    text = str(error)  # a writer process's error reaches us as text: "Worker failure: [Errno 28] ..."
+    quoted = re.search(r"\[Errno (\d+)\]", text)
+    if quoted:
+        return os.strerror(int(quoted.group(1)))
+    if "unexpected pos" in text or "PytorchStreamWriter failed" in text:  # torch.save's zip writer cut short
+        free = shutil.disk_usage(directory.parent if directory.parent.exists() else "/").free
+        return os.strerror(errno.ENOSPC) if free < (1 << 20) else "a file was cut short while writing"
+    return None
 
 
 @dataclass

@@ -3,7 +3,8 @@
 On ``PYTHONPATH``, Python imports this module at the start of every process; it does nothing unless
 ``HM_FAULT`` is set. ``HM_FAULT="ACTION PHASE ITERATION [RANK]"``: when rank RANK (default 0) is in
 PHASE (``training``: computing iteration ITERATION; ``validation``: evaluating after it; ``save``:
-writing ``iter_ITERATION``, after the checkpoint writer's helper has started), it does ACTION:
+writing ``iter_ITERATION``, after the checkpoint writer's helper has started; ``write``: in the
+process that writes its shards, the background writer with ``--async-save``), it does ACTION:
 
 - ``SIGTERM`` / ``SIGUSR1`` / ``SIGINT``: sends it to its whole process group (every rank, their
   helpers and the launcher: what slurmstepd and a terminal's Ctrl-C do);
@@ -72,6 +73,17 @@ def _patch(loop):
             return save(state, directory, *args, **kwargs)
 
         dist_checkpointing.save = faulty_save
+    elif phase == "write":  # in the process that writes the shards: a background writer with --async-save
+        from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
+
+        write = FileSystemWriterAsync.write_preloaded_data_multiproc
+
+        def faulty_write(transform_list, use_msc, rank, write_buckets, *args, **kwargs):
+            if any(f"iter_{iteration:07d}.tmp" in str(bucket[0]) for bucket in write_buckets) and _this_rank():
+                _act()
+            return write(transform_list, use_msc, rank, write_buckets, *args, **kwargs)
+
+        FileSystemWriterAsync.write_preloaded_data_multiproc = staticmethod(faulty_write)
     else:
         raise ValueError(f"HM_FAULT: unknown phase {phase!r}")
 
