@@ -70,7 +70,7 @@ def run(args) -> int:
 
     path, *own_flags = shlex.split(args.config)
     fixed = ["--train-iters", str(args.saves + 10), "--lr-warmup-iters", "0", "--eval-iters", "0", "--num-workers",
-             "0", "--log-interval", str(10**9), "--exit-signal-handler", "false"]
+             "0", "--log-interval", str(10**9), "--exit-signal-handler", "false", "--load", "none"]
     with tempfile.TemporaryDirectory(dir=args.directory, prefix="bench-checkpoint-") as scratch:
         results = {}
         for mode, flags in MODES.items():

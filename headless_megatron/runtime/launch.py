@@ -220,6 +220,7 @@ def run_local_ranks(fn, world_size: int, args: tuple = (), env: dict[str, str] |
     by rank. ``torch.multiprocessing`` starts and watches them: when one fails the others are
     stopped, and :class:`RankFailure` carries the failing rank's traceback."""
     import torch.multiprocessing
+    from torch.multiprocessing.spawn import ProcessException
 
     context = rank_process_context()
     results = context.SimpleQueue()
@@ -238,7 +239,7 @@ def run_local_ranks(fn, world_size: int, args: tuple = (), env: dict[str, str] |
             if time.monotonic() > deadline:
                 raise RankFailure(f"{fn.__name__}: ranks did not finish within {timeout_s:.0f} s (stopped)")
             finished = ranks.join(timeout=1.0)
-    except torch.multiprocessing.ProcessException as error:
+    except ProcessException as error:
         raise RankFailure(str(error).strip()) from None
     finally:
         for process in ranks.processes:
