@@ -9,19 +9,11 @@ from pathlib import Path
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
-from headless_megatron.training.checkpoint import (
-    CHECKPOINT_VERSION,
-    SHARDING_METADATA,
-    quiet_writer_log,
-    sharded_checkpoint_state,
-    start_checkpoint_writer_helper,
-)
+from headless_megatron.training.checkpoint import SHARDING_METADATA, staged_state, start_checkpoint_writer_helper
 from headless_megatron.training.run_directory import (
     abandon_save,
     iteration_dir,
-    prepare_staging,
     publish,
-    staging_dir,
 )
 
 
@@ -48,16 +40,10 @@ class BackgroundSaves:
         flight is waited for first (:meth:`finish`, whose result the caller reports)."""
         if self.in_flight is not None:
             raise RuntimeError("a background save is in flight: finish() it before starting the next")
-        staging = staging_dir(root, iteration)
-        common = {**common, "iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}
-        state = sharded_checkpoint_state(model_chunks, optimizer, scheduler, common, is_loading=False, with_rng=True)
-        quiet_writer_log()
         from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
         try:
-            if dist.get_rank() == 0:
-                prepare_staging(root, iteration)
-            dist.barrier()
+            staging, state = staged_state(root, iteration, model_chunks, optimizer, scheduler, common)
             start_checkpoint_writer_helper()
             request = dist_checkpointing.save(state, str(staging), async_sharded_save=True,
                                               content_metadata=SHARDING_METADATA)

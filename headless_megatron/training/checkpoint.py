@@ -222,22 +222,29 @@ def quiet_writer_log() -> None:
     drop_log_records("megatron.core.dist_checkpointing.strategies.filesystem_async", r"^Local process \d+ encounter")
 
 
+def staged_state(root: str | Path, iteration: int, model_chunks, optimizer, scheduler,
+                 common: dict) -> tuple[Path, dict]:
+    """The staging directory of ``iteration`` (emptied by rank 0, every rank past that point) and
+    the sharded state to write into it: what every save, at once or in the background, starts with."""
+    common = {**common, "iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}
+    state = sharded_checkpoint_state(model_chunks, optimizer, scheduler, common, is_loading=False, with_rng=True)
+    quiet_writer_log()
+    if dist.get_rank() == 0:
+        prepare_staging(root, iteration)
+    dist.barrier()
+    return staging_dir(root, iteration), state
+
+
 def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, scheduler, common: dict,
                     sharded_strategy=None) -> Path:
     """Write ``iter_<iteration>`` under ``root`` from every rank, then publish it atomically.
 
     ``sharded_strategy``: how ``dist_checkpointing`` writes the tensors (default: Megatron's torch_dist
     strategy; an import passes one that reads each tensor from the source model as it is written)."""
-    staging = staging_dir(root, iteration)
-    common = {**common, "iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}
-    state = sharded_checkpoint_state(model_chunks, optimizer, scheduler, common, is_loading=False, with_rng=True)
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-    quiet_writer_log()
     try:
-        if dist.get_rank() == 0:
-            prepare_staging(root, iteration)
-        dist.barrier()
+        staging, state = staged_state(root, iteration, model_chunks, optimizer, scheduler, common)
         with stop_signals_deferred():  # a save is never cut in half; see signals.stop_signals_deferred
             if sharded_strategy is None:  # the helper serves Megatron's default writer only
                 start_checkpoint_writer_helper()
