@@ -9,12 +9,13 @@ from pathlib import Path
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
-from headless_megatron.training.checkpoint import SHARDING_METADATA, staged_state, start_checkpoint_writer_helper
-from headless_megatron.training.run_directory import (
-    abandon_save,
-    iteration_dir,
-    publish,
+from headless_megatron.training.checkpoint import (
+    SHARDING_METADATA,
+    publish_when_written,
+    staged_state,
+    start_checkpoint_writer_helper,
 )
+from headless_megatron.training.run_directory import abandon_save, iteration_dir
 
 
 class BackgroundSaves:
@@ -36,8 +37,8 @@ class BackgroundSaves:
         self.in_flight: tuple[Path, int] | None = None
 
     def start(self, root: str | Path, iteration: int, model_chunks, optimizer, scheduler, common: dict) -> None:
-        """Stage the state of ``iteration`` and start writing it in the background; a write still in
-        flight is waited for first (:meth:`finish`, whose result the caller reports)."""
+        """Stage the state of ``iteration`` and start writing it in the background. The write before
+        it must have been waited for (:meth:`finish`, whose result the caller reports)."""
         if self.in_flight is not None:
             raise RuntimeError("a background save is in flight: finish() it before starting the next")
         from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
@@ -47,7 +48,7 @@ class BackgroundSaves:
             start_checkpoint_writer_helper()
             request = dist_checkpointing.save(state, str(staging), async_sharded_save=True,
                                               content_metadata=SHARDING_METADATA)
-            request.add_finalize_fn(partial(_publish_when_written, Path(root), iteration))
+            request.add_finalize_fn(partial(publish_when_written, Path(root), iteration))
             self.queue.schedule_async_request(request)
         except (Exception, CheckpointException) as error:
             abandon_save(error, root, iteration, remove_staging=dist.get_rank() == 0)
@@ -75,10 +76,3 @@ class BackgroundSaves:
         """Wait for the write in flight, if any, and return what it published."""
         return self.poll(blocking=True)
 
-
-def _publish_when_written(root: Path, iteration: int) -> None:
-    """The last finalize step of a background save, on every rank: publish once all have written."""
-    dist.barrier()
-    if dist.get_rank() == 0:
-        publish(root, iteration)
-    dist.barrier()

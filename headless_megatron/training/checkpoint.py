@@ -29,6 +29,7 @@ from headless_megatron.runtime.processes import helper_process_setup
 from headless_megatron.training.run_directory import (
     CheckpointError,
     abandon_save,
+    checkpoint_problem,
     iteration_dir,
     latest_checkpoint,
     prepare_staging,
@@ -249,13 +250,19 @@ def save_checkpoint(root: str | Path, iteration: int, model_chunks, optimizer, s
             if sharded_strategy is None:  # the helper serves Megatron's default writer only
                 start_checkpoint_writer_helper()
             dist_checkpointing.save(state, str(staging), sharded_strategy, content_metadata=SHARDING_METADATA)
-        dist.barrier()
-        if dist.get_rank() == 0:
-            publish(root, iteration)
+        publish_when_written(root, iteration)
     except (Exception, CheckpointException) as error:
         abandon_save(error, root, iteration, remove_staging=dist.get_rank() == 0)
-    dist.barrier()
     return iteration_dir(root, iteration)
+
+
+def publish_when_written(root: str | Path, iteration: int) -> None:
+    """Publish the checkpoint of ``iteration`` once every rank has written its part; collective,
+    the last step of every save (in the background: the write request's last finalize step)."""
+    dist.barrier()
+    if dist.get_rank() == 0:
+        publish(root, iteration)
+    dist.barrier()
 
 
 def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, load_rng: bool = True,
@@ -296,6 +303,12 @@ ARCHITECTURE_KEYS = (
 )
 
 
+def changed_architecture_key(config, saved) -> str | None:
+    """The first of ``ARCHITECTURE_KEYS`` whose value differs between ``config`` and the ``saved``
+    config of a checkpoint (a model it cannot be), or None."""
+    return next((key for key in ARCHITECTURE_KEYS if getattr(config, key) != getattr(saved, key)), None)
+
+
 def load_pretrained_weights(root: str | Path, model_chunks, config) -> dict:
     """Start ``model_chunks`` from the weights of another run's latest checkpoint under ``root``.
 
@@ -306,17 +319,16 @@ def load_pretrained_weights(root: str | Path, model_chunks, config) -> dict:
     pipeline stage holds the output layer.
     """
     path = latest_checkpoint(root) or Path(root)
-    try:
-        common = read_common(path)
-    except CheckpointError as error:
-        raise CheckpointError(f"pretrained: {error}") from error
+    problem = checkpoint_problem(path)  # what --load's resume checks too (a truncated shard, a common.pt)
+    if problem is not None:
+        raise CheckpointError(f"pretrained: {problem}")
+    common = read_common(path)
     saved = config_from_dict(common["config"])
-    for key in ARCHITECTURE_KEYS:
-        if getattr(saved, key) != getattr(config, key):
-            raise CheckpointError(
-                f"{key}: {getattr(config, key)!r} differs from the pretrained checkpoint's "
-                f"{getattr(saved, key)!r} ({path})"
-            )
+    key = changed_architecture_key(config, saved)
+    if key is not None:
+        raise CheckpointError(
+            f"{key}: {getattr(config, key)!r} differs from the pretrained checkpoint's {getattr(saved, key)!r} ({path})"
+        )
     head_from_embeddings = saved.share_embeddings_and_output_weights
     state = {}
     for index, chunk in enumerate(model_chunks):

@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headless_megatron.config import TrainConfig, config_from_dict
-from headless_megatron.training.checkpoint import ARCHITECTURE_KEYS, load_checkpoint, load_pretrained_weights
+from headless_megatron.training.checkpoint import changed_architecture_key, load_checkpoint, load_pretrained_weights
 from headless_megatron.training.run_directory import (
     CheckpointError,
-    checkpoint_problem,
     checkpoint_to_resume,
-    latest_checkpoint,
     read_common,
     refuse_to_overwrite_another_run,
 )
@@ -69,11 +67,7 @@ def resume(config: TrainConfig, model_chunks, optimizer, scheduler, data: DataId
     if path is None:
         refuse_to_overwrite_another_run(config)
     if path is None and config.pretrained:
-        pretrained = latest_checkpoint(config.pretrained) or Path(config.pretrained)
-        problem = checkpoint_problem(pretrained)
-        if problem is not None:
-            raise CheckpointError(f"pretrained: {problem}")
-        common = load_pretrained_weights(pretrained, model_chunks, config)
+        common = load_pretrained_weights(config.pretrained, model_chunks, config)
         say(f"starting from the weights of {config.pretrained} (iteration {common['iteration']})")
         return StartPoint()
     if not config.load:
@@ -119,12 +113,12 @@ def resume(config: TrainConfig, model_chunks, optimizer, scheduler, data: DataId
 def _check_architecture(config: TrainConfig, saved: TrainConfig, path: Path) -> None:
     """A resumed run is the checkpoint's model: a key that changes it (even one that keeps every
     shape, such as normalization or position_embedding_type) is refused."""
-    for key in ARCHITECTURE_KEYS:
-        if getattr(config, key) != getattr(saved, key):
-            raise CheckpointError(
-                f"{key}: {getattr(config, key)} here, {getattr(saved, key)} in {path}; a resumed run keeps the "
-                "checkpoint's model (start from its weights with --pretrained, or give this run another save)"
-            )
+    key = changed_architecture_key(config, saved)
+    if key is not None:
+        raise CheckpointError(
+            f"{key}: {getattr(config, key)} here, {getattr(saved, key)} in {path}; a resumed run keeps the "
+            "checkpoint's model (start from its weights with --pretrained, or give this run another save)"
+        )
 
 
 def _choose_schedule(config: TrainConfig, saved: TrainConfig, scheduler, say) -> None:
