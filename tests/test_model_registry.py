@@ -16,7 +16,7 @@ from headless_megatron.training.metrics import transformer_flops_per_token
 ROOT = Path(__file__).parent.parent
 RECIPES = sorted(str(path) for path in (ROOT / "configs").glob("*.yaml"))
 INTERFACE = ("name", "kind", "objective", "validate", "build_stage", "wrap_data", "forward",
-             "attended_positions", "projected_positions", "hf_conversion")
+             "attended_positions", "projected_positions", "hf_conversions")
 
 
 def tiny(recipe: str, *flags: str):
@@ -137,15 +137,40 @@ def test_gpt_feeds_the_windows_and_bert_masks_them_as_its_keys_say():
     assert torch.equal(samples[1]["labels"], windows[1]["tokens"]) and samples[1]["loss_mask"].sum() == 20
 
 
-def test_each_family_names_its_hugging_face_conversion():
-    from headless_megatron.convert.export import conversion_for
-    from headless_megatron.models.bert.hf_conversion import MegatronBertConversion
-    from headless_megatron.models.gpt.hf_conversion import LlamaConversion
+def test_each_family_names_its_hugging_face_conversions_and_export_takes_the_first_that_holds_the_checkpoint():
+    from headless_megatron.convert import ConversionError
+    from headless_megatron.models.bert.hf_bert import BertConversion
+    from headless_megatron.models.bert.hf_megatron_bert import MegatronBertConversion
+    from headless_megatron.models.gpt.hf_gpt2 import GPT2Conversion
+    from headless_megatron.models.gpt.hf_llama import LlamaConversion
+    from headless_megatron.models.gpt.hf_mistral import MistralConversion
+    from headless_megatron.models.gpt.hf_qwen2 import Qwen2Conversion
+    from headless_megatron.models.registry import conversion_for
 
-    assert FAMILIES["gpt"].hf_conversion() is LlamaConversion
-    assert FAMILIES["bert"].hf_conversion() is MegatronBertConversion
-    assert hf_conversions() == {"llama": LlamaConversion, "megatron-bert": MegatronBertConversion}
-    assert isinstance(conversion_for(tiny("bert_headless_tiny"), 512), MegatronBertConversion)
+    assert hf_conversions() == {"llama": LlamaConversion, "qwen2": Qwen2Conversion, "gpt2": GPT2Conversion,
+                                "mistral": MistralConversion, "megatron-bert": MegatronBertConversion,
+                                "bert": BertConversion}
+    gpt2_style = ("--normalization", "LayerNorm", "--no-swiglu", "--position-embedding-type", "learned_absolute",
+                  "--add-bias-linear", "--loss", "ce")
+    chosen = {
+        ("bert_headless_tiny",): MegatronBertConversion,
+        ("bert_headless_tiny", "--transformer-block-type", "post_ln"): BertConversion,
+        ("gpt_headless_tiny",): LlamaConversion,
+        ("gpt_headless_tiny", "--add-qkv-bias"): Qwen2Conversion,
+        ("gpt_headless_tiny", *gpt2_style): GPT2Conversion,
+    }
+    for (recipe, *flags), conversion in chosen.items():
+        assert type(conversion_for(tiny(recipe, *flags), 512)) is conversion, flags
+    assert type(conversion_for(tiny("gpt_headless_tiny"), 512, "mistral")) is MistralConversion
+    with pytest.raises(ConversionError, match="--model-type bert: a gpt checkpoint exports to llama, qwen2, gpt2, "
+                                              "mistral"):
+        conversion_for(tiny("gpt_headless_tiny"), 512, "bert")
+    with pytest.raises(ConversionError, match=r"no Hugging Face class holds this gpt checkpoint: llama cannot hold "
+                                              r"normalization LayerNorm; qwen2 cannot hold add_qkv_bias false, "
+                                              r"normalization LayerNorm; gpt2 cannot hold swiglu true, "
+                                              r"position_embedding_type rope, "
+                                              r"add_bias_linear false; mistral cannot hold normalization LayerNorm$"):
+        conversion_for(tiny("gpt_headless_tiny", "--normalization", "LayerNorm"), 512)
     assert (FAMILIES["gpt"].kind, FAMILIES["bert"].kind) == ("decoder", "encoder")
 
 

@@ -1,5 +1,6 @@
 """``headless-megatron export-hf``: a checkpoint of ours -> a Hugging Face model directory
-(``LlamaForCausalLM`` for decoders, ``MegatronBertForMaskedLM``/``MegatronBertModel`` for encoders).
+(``LlamaForCausalLM``, ``Qwen2ForCausalLM``, ``GPT2LMHeadModel`` or ``MistralForCausalLM`` for
+decoders; ``MegatronBertForMaskedLM`` or ``BertForMaskedLM``, or their encoder alone, for encoders).
 
     headless-megatron export-hf --checkpoint runs/gpt_headless_160m --output hf/headless-160m
     headless-megatron export-hf --checkpoint runs/ft --output hf/ft --mode lm --iteration 10000 --dtype bfloat16
@@ -33,8 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES,
                         help="add_head: a decoder with its input embeddings as LM head (a headless model used as an "
                              "LM); lm: a decoder with its trained head (vanilla or fine-tuned); mlm: an encoder "
-                             "(MegatronBertForMaskedLM, or MegatronBertModel when headless). Default: add_head for a "
-                             "CWT decoder, lm for another decoder, mlm for an encoder")
+                             "(with its MLM head, or alone when headless). Default: add_head for a CWT decoder, "
+                             "lm for another decoder, mlm for an encoder")
+    parser.add_argument("--model-type", metavar="TYPE",
+                        help="the Hugging Face model_type to write: llama, qwen2, gpt2 or mistral for a decoder, "
+                             "megatron-bert or bert for an encoder. Default: the first of these that represents the "
+                             "checkpoint (mistral only when asked: such a checkpoint is also a llama)")
     parser.add_argument("--iteration", type=_non_negative_int, metavar="N",
                         help="export iteration N of the save directory instead of the latest")
     parser.add_argument("--tokenizer", metavar="PATH",
@@ -64,7 +69,8 @@ def run(args) -> int:
     if args.private and not args.push_to_hub:
         raise UsageError("--private applies to --push-to-hub")
     result = export_hf(
-        args.checkpoint, args.output, mode=args.mode, iteration=args.iteration, tokenizer=args.tokenizer,
+        args.checkpoint, args.output, mode=args.mode, model_type=args.model_type, iteration=args.iteration,
+        tokenizer=args.tokenizer,
         dtype=getattr(torch, args.dtype) if args.dtype else None, overwrite=args.overwrite,
         max_shard_size=args.max_shard_size, progress=lambda line: print(f"export-hf: {line}", flush=True),
     )

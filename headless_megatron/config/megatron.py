@@ -63,7 +63,6 @@ def transformer_config(config: TrainConfig, backend: str, *, on_gpu: bool | None
     global batch. The loop still sets ``finalize_model_grads_func`` (and ``grad_scale_func`` for
     fp16)."""
     import torch
-    import torch.nn.functional as F
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     if backend not in ("transformer_engine", "local"):
@@ -83,7 +82,8 @@ def transformer_config(config: TrainConfig, backend: str, *, on_gpu: bool | None
         normalization=config.normalization,
         layernorm_epsilon=config.norm_epsilon,
         gated_linear_unit=config.swiglu,
-        activation_func=F.silu if config.swiglu else F.gelu,
+        activation_func=_activation(config),
+        add_qkv_bias=config.add_qkv_bias,
         add_bias_linear=config.add_bias_linear,
         hidden_dropout=config.hidden_dropout,
         attention_dropout=config.attention_dropout,
@@ -121,6 +121,15 @@ def transformer_config(config: TrainConfig, backend: str, *, on_gpu: bool | None
         gradient_accumulation_fusion=on_gpu and _importable("fused_weight_gradient_mlp_cuda"),
         apply_rope_fusion=te and config.position_embedding_type == "rope",
     )
+
+
+def _activation(config: TrainConfig):
+    import torch.nn.functional as F
+    from megatron.core.transformer.utils import openai_gelu
+
+    if config.swiglu:
+        return F.silu
+    return openai_gelu if config.openai_gelu else F.gelu
 
 
 def _importable(module: str) -> bool:

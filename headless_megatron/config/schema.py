@@ -80,6 +80,20 @@ class TrainConfig(DerivedValues):
     add_bias_linear: bool = False
     """Biases in the attention and MLP linear layers (GPT-2, Pythia and BERT have them, Llama does
     not). Megatron-LM spells false --disable-bias-linear."""
+    add_qkv_bias: bool = False
+    """Biases on the query, key and value projections alone, as Qwen2 has (add_bias_linear already
+    gives every linear layer one)."""
+    openai_gelu: bool = False
+    """With swiglu false: the tanh approximation of GELU (GPT-2's gelu_new) instead of the exact
+    one (BERT's gelu)."""
+    transformer_block_type: Literal["pre_ln", "post_ln"] = "pre_ln"
+    """Where each layer normalises: pre_ln (before attention and MLP, with a final norm: GPT-2,
+    Llama, Megatron BERT) or post_ln (after each residual add, with a norm on the embeddings and
+    no final norm: the original BERT). post_ln applies to model bert; its layers are built from
+    Megatron-Core's local modules whatever transformer_impl is (NeMo's key of the same name)."""
+    num_tokentypes: int = 0
+    """Rows of BERT's token-type (segment) table; 0: none. An imported BERT keeps its table (2
+    rows); our data has one segment, so every token uses row 0. Applies to model bert."""
     untie_embeddings_and_output_weights: bool = False
     """Give loss ce its own output layer instead of reusing the input embeddings (Pythia unties,
     GPT-2 and BERT tie). loss cwt has no output layer, so this must stay false with it."""

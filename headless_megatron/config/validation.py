@@ -73,6 +73,10 @@ def _validate_model(config: TrainConfig) -> None:
         )
     if config.fp8_format is not None and config.transformer_impl == "local":
         fail("fp8_format", "needs Transformer Engine; set transformer_impl auto or transformer_engine")
+    if config.fp8_format is not None and config.transformer_block_type == "post_ln":
+        fail("fp8_format", "needs Transformer Engine layers, and post_ln layers are Megatron-Core's local ones")
+    if config.openai_gelu and config.swiglu:
+        fail("openai_gelu", "chooses the GELU of a non-gated MLP; set swiglu false with it, or drop it")
 
 def _validate_objective(config: TrainConfig) -> None:
     if config.loss == "cwt" and config.untie_embeddings_and_output_weights:

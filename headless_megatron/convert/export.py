@@ -16,9 +16,12 @@ The tokenizer is, in this order: the one given, the config's ``tokenizer``, or t
 the first dataset of ``data_path`` (``tokenizer_for_dataset``). Its size (or the config's
 ``vocab_size`` when set) is the exported vocabulary: Megatron's padding rows are dropped.
 
-Families: decoders (``model: gpt``) export to ``LlamaForCausalLM`` (``models/gpt/hf_conversion.py``), encoders
-(``model: bert``) to ``MegatronBertForMaskedLM``, or ``MegatronBertModel`` when headless
-(``models/bert/hf_conversion.py``). Modes (``--mode``): ``add_head`` (a headless decoder; the input
+Families (``models/<family>/hf_<model_type>.py``): decoders (``model: gpt``) export to
+``LlamaForCausalLM``, ``Qwen2ForCausalLM`` (query/key/value biases), ``GPT2LMHeadModel`` (LayerNorm,
+learned positions, biases) or, with ``model_type="mistral"``, ``MistralForCausalLM``; encoders
+(``model: bert``) to ``MegatronBertForMaskedLM`` (pre-LN) or ``BertForMaskedLM`` (post-LN), or the
+encoder alone (``MegatronBertModel``, ``BertModel``) when headless. Without ``model_type`` the
+first class that represents the checkpoint is written. Modes (``--mode``): ``add_head`` (a headless decoder; the input
 embeddings serve as the LM head, the paper's "headless model used as an LM without fine-tuning"),
 ``lm`` (the trained head of a vanilla or fine-tuned decoder), ``mlm`` (encoders). The default is
 ``add_head`` for a CWT decoder, ``lm`` for another decoder, ``mlm`` for an encoder.
@@ -60,7 +63,7 @@ from headless_megatron.data.errors import DataError
 from headless_megatron.data.tokenizer import Tokenizer
 from headless_megatron.errors import first_few
 from headless_megatron.models.hf_mapping import Conversion, TensorMapping
-from headless_megatron.models.registry import FAMILIES, family_of
+from headless_megatron.models.registry import conversion_for, family_of
 from headless_megatron.runtime.directory_lock import beside
 
 MODES = ("add_head", "lm", "mlm")
@@ -91,6 +94,7 @@ def export_hf(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike,
     mode: str | None = None,
+    model_type: str | None = None,
     iteration: int | None = None,
     tokenizer: str | os.PathLike | None = None,
     dtype: torch.dtype | None = None,
@@ -99,7 +103,8 @@ def export_hf(
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Write the Hugging Face model directory ``output`` from a checkpoint (save directory or
-    ``iter_NNNNNNN``); raises :class:`ConversionError` (and writes nothing) when it cannot, and
+    ``iter_NNNNNNN``) as the HF ``model_type`` asked for (default: the first of the family's
+    conversions that represents it); raises :class:`ConversionError` (and writes nothing) when it cannot, and
     ``DirectoryInUse`` while another conversion writes ``output``. ``progress`` receives a line per
     weight file written."""
     max_shard_bytes = shard_size_bytes(max_shard_size)  # a mistyped flag costs no checkpoint opening
@@ -113,7 +118,7 @@ def export_hf(
             raise ConversionError(
                 f"the tokenizer has {hf_tokenizer.vocab_size} ids but the model's vocab_size is {vocab_size}"
             )
-        conversion = conversion_for(source.config, vocab_size)
+        conversion = conversion_for(source.config, vocab_size, model_type)
         mode = mode or conversion.default_mode()
         conversion.check_mode(mode)
         mappings = conversion.mappings(mode)
@@ -266,15 +271,6 @@ class ShardWriter:
             index = {"metadata": {"total_parameters": self.parameters, **self.split.metadata},
                      "weight_map": self.split.tensor_to_filename}
             (self.directory / WEIGHTS_INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
-def conversion_for(config: TrainConfig, vocab_size: int) -> Conversion:
-    """The conversion of a checkpoint's model family; raises for families without an HF export."""
-    conversion = family_of(config).hf_conversion()
-    if conversion is None:
-        exportable = [name for name, family in FAMILIES.items() if family.hf_conversion() is not None]
-        raise ConversionError(f"model {config.model}: no Hugging Face export (exportable: {', '.join(exportable)})")
-    return conversion(config, vocab_size)
 
 
 def checkpoint_tokenizer(config: TrainConfig, override: str | os.PathLike | None = None) -> Tokenizer:

@@ -1,7 +1,10 @@
 """A Hugging Face model directory -> a ``torch_dist`` checkpoint of ours at a chosen TP/PP layout.
 
-Importable: ``model_type`` ``llama`` (decoders) and ``megatron-bert`` (encoders; a
-``MegatronBertModel`` without MLM head becomes a headless encoder).
+Importable ``model_type``s (one module each, ``models/<family>/hf_<model_type>.py``): decoders
+``llama``, ``qwen2``, ``gpt2`` and ``mistral``; encoders ``megatron-bert`` and ``bert`` (an encoder
+without MLM head, ``MegatronBertModel`` or ``BertModel``, becomes a headless one). What a class
+holds that Megatron-Core's GPT or BERT cannot compute exactly (a sliding attention window shorter
+than the positions, rope scaling, another activation) is refused naming the config key and value.
 
     import_hf("hf/llama-tiny", "runs/from_hf", tensor_model_parallel_size=2, pipeline_model_parallel_size=2)
 
@@ -321,7 +324,7 @@ def _write_stage(
     megatron_config = transformer_config(config, RANKS_BACKEND, on_gpu=False)
     # Only the stage's geometry is needed: every weight is replaced by the HF one, read when written.
     with torch.device("meta"):
-        stage = build_model_stage(config, megatron_config, config.padded_vocab_size(vocab_size), RANKS_BACKEND)
+        stage = build_model_stage(config, megatron_config, vocab_size, RANKS_BACKEND)
     conversion = hf_conversions()[hf_model_type](config, vocab_size)
     sources = hf_sources(stage, conversion.mappings(conversion.import_mode), SafetensorsWeights(directory))
     common = {"config": config.to_dict(), "consumed_train_samples": 0, "imported_from": provenance}

@@ -7,8 +7,8 @@ A family is one folder, ``models/<name>/``, registered in :mod:`headless_megatro
   validating a config stays cheap;
 - ``model.py``: the Megatron-Core model of one pipeline stage, with its loss head (CWT or the
   vanilla head);
-- ``hf_conversion.py``: its Hugging Face mapping (a
-  :class:`~headless_megatron.models.hf_mapping.Conversion`), if it has one;
+- ``hf_<model_type>.py``: one Hugging Face class's mapping each (a
+  :class:`~headless_megatron.models.hf_mapping.Conversion`), if it has any;
 - any data wiring of its own (``bert/masking.py``: the MLM corruption).
 
 No module outside a family's folder branches on ``config.model``: the training loop (and with it
@@ -49,8 +49,8 @@ class ModelFamily(Protocol):
 
     def build_stage(self, config: TrainConfig, transformer_config, **stage_arguments) -> MegatronModule:
         """This rank's pipeline stage (or model chunk ``vp_stage``) with layout-independent initial
-        weights; ``stage_arguments`` are those every family's builder takes (vocab_size,
-        max_sequence_length, seed, backend, position_embedding_type,
+        weights; ``stage_arguments`` are those every family's builder takes (vocab_size
+        (padded), real_vocab_size, max_sequence_length, seed, backend, position_embedding_type,
         share_embeddings_and_output_weights, cwt, vp_stage)."""
 
     def wrap_data(self, config: TrainConfig, tokenizer, windows: Dataset) -> Dataset:
@@ -68,6 +68,7 @@ class ModelFamily(Protocol):
         """Positions of an iteration that ``loss: ce`` projects onto the vocabulary, given the
         iteration's ``loss_positions`` (the FLOP count of the head)."""
 
-    def hf_conversion(self) -> type[Conversion] | None:
-        """Its Hugging Face conversion (``export-hf`` and ``import-hf``), or None when it has none;
-        imported when asked for, since conversions import torch."""
+    def hf_conversions(self) -> tuple[type[Conversion], ...]:
+        """Its Hugging Face conversions (``export-hf`` and ``import-hf``), one per HF class, none when
+        it has none; an export without ``--model-type`` takes the first that represents the
+        checkpoint. Imported when asked for, since conversions import torch."""

@@ -254,6 +254,11 @@ class Conversion(Protocol):
     padded_vocab_size: int
     """Rows of the checkpoint's embedding (``TrainConfig.padded_vocab_size``)."""
 
+    @classmethod
+    def cannot_represent(cls, config: TrainConfig) -> list[str]:
+        """The settings of ``config`` the HF class cannot hold, as ``key value``; empty when it can
+        (construction raises naming them)."""
+
     def default_mode(self) -> str:
         """The mode used when none is asked for (e.g. ``add_head`` for a headless checkpoint)."""
 

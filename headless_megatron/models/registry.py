@@ -3,7 +3,7 @@
 Everything that depends on the family asks here: :func:`family_of` for a config's family,
 :func:`validate_config` for the whole pre-launch check (the config's rules, then its family's),
 :func:`build_model_stage` for this rank's model, :func:`hf_conversions` for the Hugging Face
-``model_type`` each family converts to and from.
+``model_type`` each family converts to and from, :func:`conversion_for` for a checkpoint's.
 
 Adding a family (``docs/architecture.md``, "Adding a model family"): a folder ``models/<name>/``
 with its :class:`~headless_megatron.models.family.ModelFamily` and one line in :data:`FAMILIES`.
@@ -45,9 +45,10 @@ def validate_config(config: TrainConfig, world_size: int) -> TrainConfig:
     return config
 
 
-def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int, backend: str,
+def build_model_stage(config: TrainConfig, transformer_config, vocab_size: int, backend: str,
                       vp_stage: int | None = None):
-    """This pipeline stage (or its model chunk ``vp_stage``) of the model ``config`` describes, with
+    """This pipeline stage (or its model chunk ``vp_stage``) of the model ``config`` describes, for a
+    vocabulary of ``vocab_size`` real tokens (padded here; the padding is never predicted), with
     layout-independent initial weights."""
     from headless_megatron.cwt import CWTOptions
 
@@ -57,7 +58,8 @@ def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int
     return family_of(config).build_stage(
         config,
         transformer_config,
-        vocab_size=padded_vocab,
+        vocab_size=config.padded_vocab_size(vocab_size),
+        real_vocab_size=vocab_size,
         max_sequence_length=config.max_positions,
         seed=config.seed,
         backend=backend,
@@ -69,6 +71,30 @@ def build_model_stage(config: TrainConfig, transformer_config, padded_vocab: int
 
 
 def hf_conversions() -> dict[str, type[Conversion]]:
-    """Each family's Hugging Face conversion, by the ``model_type`` it writes and reads."""
-    conversions = (family.hf_conversion() for family in FAMILIES.values())
-    return {conversion.hf_model_type: conversion for conversion in conversions if conversion is not None}
+    """Every family's Hugging Face conversions, by the ``model_type`` each writes and reads."""
+    return {
+        conversion.hf_model_type: conversion
+        for family in FAMILIES.values() for conversion in family.hf_conversions()
+    }
+
+
+def conversion_for(config: TrainConfig, vocab_size: int, model_type: str | None = None) -> Conversion:
+    """The conversion of a checkpoint to the HF ``model_type`` asked for, else to the first of its
+    family's that represents it; raises ``ConversionError`` naming what each one cannot represent."""
+    from headless_megatron.models.hf_mapping import ConversionError
+
+    conversions = {conversion.hf_model_type: conversion for conversion in family_of(config).hf_conversions()}
+    if not conversions:
+        exportable = [name for name, family in FAMILIES.items() if family.hf_conversions()]
+        raise ConversionError(f"model {config.model}: no Hugging Face export (exportable: {', '.join(exportable)})")
+    if model_type is not None:
+        if model_type not in conversions:
+            raise ConversionError(f"--model-type {model_type}: a {config.model} checkpoint exports to "
+                                  f"{', '.join(conversions)}")
+        return conversions[model_type](config, vocab_size)
+    for conversion in conversions.values():
+        if not conversion.cannot_represent(config):
+            return conversion(config, vocab_size)
+    reasons = "; ".join(f"{name} cannot hold {', '.join(conversion.cannot_represent(config))}"
+                        for name, conversion in conversions.items())
+    raise ConversionError(f"no Hugging Face class holds this {config.model} checkpoint: {reasons}")

@@ -298,8 +298,8 @@ def load_checkpoint(path: Path, model_chunks, optimizer=None, scheduler=None, lo
 # values: an unset ffn_hidden_size and its explicit default are the same architecture).
 ARCHITECTURE_KEYS = (
     "model", "num_layers", "hidden_size", "ffn_size", "num_attention_heads", "query_groups",
-    "head_dim", "normalization", "swiglu", "add_bias_linear", "position_embedding_type",
-    "make_vocab_size_divisible_by",
+    "head_dim", "normalization", "swiglu", "add_bias_linear", "add_qkv_bias", "openai_gelu",
+    "position_embedding_type", "transformer_block_type", "num_tokentypes", "make_vocab_size_divisible_by",
 )
 
 

@@ -128,9 +128,9 @@ class Trainer:
         self.world_size = dist.get_world_size()
         self.num_microbatches = config.num_microbatches(self.world_size)
         self.tokenizer = self._tokenizer()
-        vocab = config.vocab_size or self.tokenizer.vocab_size
-        check_tokenizer_matches_data(config, self.tokenizer, vocab)
-        self.padded_vocab = config.padded_vocab_size(vocab)
+        self.vocab_size = config.vocab_size or self.tokenizer.vocab_size
+        check_tokenizer_matches_data(config, self.tokenizer, self.vocab_size)
+        self.padded_vocab = config.padded_vocab_size(self.vocab_size)
         self.directory_locks = on_rank_zero_for_all(lambda: lock_run_directories(config)) or []
         try:
             self._build(config, device, backend=kernel_backend(config.transformer_impl))
@@ -145,7 +145,7 @@ class Trainer:
         virtual_stages = config.virtual_pipeline_model_parallel_size
         vp_stages = range(virtual_stages) if virtual_stages else [None]
         self.model_chunks = [self._wrap_chunk(build_model_stage(
-            config, self.transformer_config, self.padded_vocab, backend, vp_stage=vp_stage
+            config, self.transformer_config, self.vocab_size, backend, vp_stage=vp_stage
         ).to(device), first=vp_stage in (None, 0)) for vp_stage in vp_stages]
         if config.overlap_grad_reduce:
             no_sync = [chunk.no_sync for chunk in self.model_chunks]

@@ -3,7 +3,9 @@
 ``MegatronBertForMaskedLM``. Its keys are the ``masking``, ``mask_prob`` and ``mlm_*`` fields.
 
 This folder: ``model.py`` (the stage builder and ``HeadlessBertModel``, its CWT and MLM heads),
-``masking.py`` (the MLM corruption of the data) and ``hf_conversion.py`` (``MegatronBertConversion``).
+``masking.py`` (the MLM corruption of the data) and one module per Hugging Face class:
+``hf_megatron_bert.py`` (pre-LN, ``MegatronBertConversion``) and ``hf_bert.py`` (the original
+post-LN BERT, ``BertConversion``).
 
 Megatron-Core and torch are imported when a model is built or run, not when the family is looked up,
 so that validating a config stays cheap.
@@ -32,7 +34,9 @@ class BertFamily:
         from headless_megatron.models.bert.model import build_bert_stage
 
         return build_bert_stage(
-            transformer_config, project_masked_only=config.mlm_project_masked_only, **stage_arguments
+            transformer_config, project_masked_only=config.mlm_project_masked_only,
+            post_layer_norm=config.transformer_block_type == "post_ln", num_tokentypes=config.num_tokentypes,
+            **stage_arguments,
         )
 
     def wrap_data(self, config: TrainConfig, tokenizer, windows):
@@ -50,10 +54,11 @@ class BertFamily:
         # mlm_project_masked_only: the head sees the loss (masked) positions alone
         return loss_positions if config.mlm_project_masked_only else config.tokens_per_iteration
 
-    def hf_conversion(self):
-        from headless_megatron.models.bert.hf_conversion import MegatronBertConversion
+    def hf_conversions(self):
+        from headless_megatron.models.bert.hf_bert import BertConversion
+        from headless_megatron.models.bert.hf_megatron_bert import MegatronBertConversion
 
-        return MegatronBertConversion
+        return MegatronBertConversion, BertConversion
 
 
 def masking_for(config: TrainConfig, tokenizer):

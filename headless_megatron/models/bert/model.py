@@ -26,7 +26,9 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from headless_megatron.cwt import CWTOptions, cwt_loss
 from headless_megatron.models.attention import SDPAttention
 from headless_megatron.models.init import initialize_layout_independent
+from headless_megatron.models.post_layer_norm import add_embedding_norm, post_ln_layer_spec
 from headless_megatron.models.specs import TorchNorm, local_layer_spec
+from headless_megatron.models.vocab_padding import hide_vocab_padding
 
 
 def make_bert_norms_sequence_parallel_capable() -> None:
@@ -51,8 +53,13 @@ def make_bert_norms_sequence_parallel_capable() -> None:
 class HeadlessBertModel(BertModel):
     """``BertModel`` returning the per-token MLM loss ``[b, s]`` (zero off the masked positions)."""
 
-    def __init__(self, *args, cwt: CWTOptions | None = None, project_masked_only: bool = False, **kwargs):
+    def __init__(self, *args, cwt: CWTOptions | None = None, project_masked_only: bool = False,
+                 post_layer_norm: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        if post_layer_norm:
+            if self.pre_process:
+                add_embedding_norm(self.embedding, self.config)
+            self.encoder.final_layernorm = None  # a post-LN encoder ends with its last layer's norm
         self.cwt = cwt
         self.project_masked_only = project_masked_only
         if cwt is not None and self.post_process:
@@ -96,6 +103,8 @@ class HeadlessBertModel(BertModel):
         encoder_input = None
         if self.pre_process:
             position_ids = self.bert_position_ids(input_ids)
+            if tokentype_ids is None and self.embedding.tokentype_embeddings is not None:
+                tokentype_ids = torch.zeros_like(input_ids)  # one segment: every token is of type 0
             encoder_input = self.embedding(input_ids=input_ids, position_ids=position_ids, tokentype_ids=tokentype_ids)
         rotary_pos_emb = None
         if self.position_embedding_type == "rope":
@@ -118,9 +127,11 @@ class HeadlessBertModel(BertModel):
         return loss.view(seq, batch).t().contiguous()
 
 
-def bert_layer_spec(backend: str, config: TransformerConfig):
-    """BertModel's layer spec: TE's when usable, else Megatron's local one with SP-capable norms and
-    fused attention."""
+def bert_layer_spec(backend: str, config: TransformerConfig, post_layer_norm: bool = False):
+    """BertModel's layer spec: the post-LN layer when asked for, else TE's when usable, else
+    Megatron's local one with SP-capable norms and fused attention."""
+    if post_layer_norm:
+        return post_ln_layer_spec(config)
     if backend == "transformer_engine":
         from megatron.core.models.bert.bert_layer_specs import get_bert_layer_with_transformer_engine_spec
 
@@ -134,19 +145,24 @@ def build_bert_stage(
     max_sequence_length: int,
     seed: int,
     backend: str = "local",
+    real_vocab_size: int | None = None,
     position_embedding_type: str = "learned_absolute",
     cwt: CWTOptions | None = None,
     project_masked_only: bool = False,
     share_embeddings_and_output_weights: bool = True,
+    post_layer_norm: bool = False,
+    num_tokentypes: int = 0,
     vp_stage: int | None = None,
 ) -> HeadlessBertModel:
     """The part of the encoder on this rank's pipeline stage (its model chunk ``vp_stage`` with
-    virtual pipeline stages), initialised from ``seed``."""
+    virtual pipeline stages), initialised from ``seed``; ``post_layer_norm``: the original BERT's
+    layers (:mod:`headless_megatron.models.post_layer_norm`). The MLM head's rows from
+    ``real_vocab_size`` up to the padded ``vocab_size`` are never predicted (``hide_vocab_padding``)."""
     make_bert_norms_sequence_parallel_capable()
     model = HeadlessBertModel(
         config=config,
-        num_tokentypes=0,
-        transformer_layer_spec=bert_layer_spec(backend, config),
+        num_tokentypes=num_tokentypes,
+        transformer_layer_spec=bert_layer_spec(backend, config, post_layer_norm),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
         pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
@@ -157,7 +173,10 @@ def build_bert_stage(
         add_binary_head=False,
         cwt=cwt,
         project_masked_only=project_masked_only,
+        post_layer_norm=post_layer_norm,
     )
+    if cwt is None and model.post_process and real_vocab_size is not None:
+        hide_vocab_padding(model.output_layer, real_vocab_size)
     initialize_layout_independent(model, config, seed)
     return model
 

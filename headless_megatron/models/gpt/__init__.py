@@ -1,8 +1,9 @@
 """The GPT family (``model: gpt``): a causal decoder trained to predict the next token, headless
-(CWT) or with its LM head; exported to and imported from ``LlamaForCausalLM``.
+(CWT) or with its LM head; exported to and imported from ``LlamaForCausalLM``,
+``Qwen2ForCausalLM``, ``GPT2LMHeadModel`` and ``MistralForCausalLM``.
 
-This folder: ``model.py`` (the stage builder and ``HeadlessGPTModel``, its CWT head) and
-``hf_conversion.py`` (``LlamaConversion``).
+This folder: ``model.py`` (the stage builder and ``HeadlessGPTModel``, its CWT head) and one module
+per Hugging Face class: ``hf_llama.py``, ``hf_qwen2.py``, ``hf_gpt2.py``, ``hf_mistral.py``.
 
 Megatron-Core and torch are imported when a model is built or run, not when the family is looked up,
 so that validating a config stays cheap.
@@ -32,6 +33,10 @@ class GPTFamily:
         for key in _MASKED_LM_KEYS:
             if getattr(config, key) != defaults[key]:
                 fail(key, "applies to model bert only (a GPT learns every next token); remove it")
+        if config.transformer_block_type != "pre_ln":
+            fail("transformer_block_type", "post_ln applies to model bert only (GPT decoders are pre_ln)")
+        if config.num_tokentypes:
+            fail("num_tokentypes", "applies to model bert only (a GPT has no token types); remove it")
 
     def build_stage(self, config: TrainConfig, transformer_config, **stage_arguments):
         from headless_megatron.models.gpt.model import build_gpt_stage
@@ -53,7 +58,10 @@ class GPTFamily:
     def projected_positions(self, config: TrainConfig, loss_positions: int) -> int:
         return config.tokens_per_iteration
 
-    def hf_conversion(self):
-        from headless_megatron.models.gpt.hf_conversion import LlamaConversion
+    def hf_conversions(self):
+        from headless_megatron.models.gpt.hf_gpt2 import GPT2Conversion
+        from headless_megatron.models.gpt.hf_llama import LlamaConversion
+        from headless_megatron.models.gpt.hf_mistral import MistralConversion
+        from headless_megatron.models.gpt.hf_qwen2 import Qwen2Conversion
 
-        return LlamaConversion
+        return LlamaConversion, Qwen2Conversion, GPT2Conversion, MistralConversion

@@ -18,6 +18,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from headless_megatron.cwt import CWTOptions, cwt_loss
 from headless_megatron.models.init import initialize_layout_independent
 from headless_megatron.models.specs import gpt_block_spec
+from headless_megatron.models.vocab_padding import hide_vocab_padding
 
 
 class HeadlessGPTModel(GPTModel):
@@ -59,6 +60,7 @@ def build_gpt_stage(
     max_sequence_length: int,
     seed: int,
     backend: str = "local",
+    real_vocab_size: int | None = None,
     position_embedding_type: str = "rope",
     share_embeddings_and_output_weights: bool = True,
     cwt: CWTOptions | None = None,
@@ -70,7 +72,8 @@ def build_gpt_stage(
     virtual pipeline stages), initialised from ``seed``.
 
     ``cwt`` given: a :class:`HeadlessGPTModel`; otherwise Megatron's ``GPTModel`` with its
-    (tied or untied) vocab-parallel output layer and cross-entropy.
+    (tied or untied) vocab-parallel output layer and cross-entropy, whose rows from
+    ``real_vocab_size`` up to the padded ``vocab_size`` are never predicted (``hide_vocab_padding``).
     """
     kwargs = dict(
         config=config,
@@ -86,5 +89,7 @@ def build_gpt_stage(
         rotary_percent=rotary_percent,
     )
     model = HeadlessGPTModel(cwt=cwt, **kwargs) if cwt is not None else GPTModel(**kwargs)
+    if cwt is None and model.post_process and real_vocab_size is not None:
+        hide_vocab_padding(model.output_layer, real_vocab_size)
     initialize_layout_independent(model, config, seed)
     return model

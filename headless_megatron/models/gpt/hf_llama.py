@@ -1,9 +1,13 @@
 """Llama-style decoders (``model: gpt``) <-> Hugging Face ``LlamaForCausalLM``.
 
-Every GPT recipe here is Llama-style: RMSNorm, SwiGLU, rotary positions over whole heads, no linear
-biases, optionally grouped-query attention. Megatron-Core's non-interleaved rotary embedding is the
-rotate-half convention of ``transformers``' Llama, so query and key weights are copied without any
-permutation (that permutation exists only between Meta's original checkpoints and HF).
+Llama-style: RMSNorm, SwiGLU, rotary positions over whole heads, no linear biases, optionally
+grouped-query attention. :class:`LlamaConversion` is also the base of the other Llama-style
+classes, which differ only in their config and checks: ``MistralForCausalLM`` (``hf_mistral.py``)
+and ``Qwen2ForCausalLM`` (``hf_qwen2.py``, query/key/value biases).
+
+Megatron-Core's non-interleaved rotary embedding is the rotate-half convention of
+``transformers``' Llama, so query and key weights are copied without any permutation
+(that permutation exists only between Meta's original checkpoints and HF).
 
 Tensor names::
 
@@ -48,9 +52,12 @@ LEFT_OUT_ON_IMPORT = ("rotary_emb.inv_freq",)
 LLAMA_STYLE = "RMSNorm, SwiGLU, rope over whole heads (rotary_percent 1) and no linear biases"
 
 
-def unsupported_settings(config: TrainConfig) -> list[str]:
-    """The settings of ``config`` that ``LlamaForCausalLM`` cannot represent, as ``key value``."""
+def unsupported_settings(config: TrainConfig, qkv_bias: bool = False) -> list[str]:
+    """The settings of ``config`` that a Llama-style HF class cannot represent, as ``key value``;
+    ``qkv_bias``: whether the class has query/key/value biases (Qwen2) or none (Llama, Mistral)."""
     unsupported = []
+    if config.add_qkv_bias != qkv_bias:
+        unsupported.append(f"add_qkv_bias {str(config.add_qkv_bias).lower()}")
     if config.normalization != "RMSNorm":
         unsupported.append(f"normalization {config.normalization}")
     if not config.swiglu:
@@ -71,13 +78,22 @@ class LlamaConversion:
     hf_model_type = "llama"
     modes = ("add_head", "lm")
     import_mode = "lm"
+    qkv_bias = False
+    """Whether the HF class has query/key/value biases (and no other)."""
+    style = LLAMA_STYLE
+    """What the HF class holds, for refusals."""
+
+    @classmethod
+    def cannot_represent(cls, config: TrainConfig) -> list[str]:
+        """The settings of ``config`` this HF class cannot hold, as ``key value`` (none: it can)."""
+        return unsupported_settings(config, cls.qkv_bias)
 
     def __init__(self, config: TrainConfig, vocab_size: int):
-        unsupported = unsupported_settings(config)
+        unsupported = self.cannot_represent(config)
         if unsupported:
             raise ConversionError(
                 f"{self.hf_architecture} cannot represent {', '.join(unsupported)}: it holds Llama-style "
-                f"decoders ({LLAMA_STYLE})"
+                f"decoders ({self.style})"
             )
         self.config = config
         self.vocab_size = vocab_size
@@ -117,6 +133,7 @@ class LlamaConversion:
             qkv_mapping("decoder.layers.self_attention.linear_qkv.weight",
                         (attention + "q_proj.weight", attention + "k_proj.weight", attention + "v_proj.weight"),
                         config.num_attention_heads, config.query_groups, config.head_dim),
+            *self.qkv_bias_mappings(),
             TensorMapping("decoder.layers.self_attention.linear_proj.weight", (attention + "o_proj.weight",)),
             TensorMapping("decoder.layers.mlp.linear_fc1.layer_norm_weight",
                           (HF_LAYER + "post_attention_layernorm.weight",)),
@@ -130,6 +147,14 @@ class LlamaConversion:
             )
         return mappings
 
+    def qkv_bias_mappings(self) -> list[TensorMapping]:
+        if not self.config.add_qkv_bias:
+            return []
+        attention, config = HF_LAYER + "self_attn.", self.config
+        return [qkv_mapping("decoder.layers.self_attention.linear_qkv.bias",
+                            (attention + "q_proj.bias", attention + "k_proj.bias", attention + "v_proj.bias"),
+                            config.num_attention_heads, config.query_groups, config.head_dim)]
+
     def unused_hf_tensor(self, name: str) -> bool:
         tied_copy = name == "lm_head.weight" and not self.config.untie_embeddings_and_output_weights
         return tied_copy or name.endswith(LEFT_OUT_ON_IMPORT)
@@ -140,8 +165,13 @@ class LlamaConversion:
         """The ``LlamaConfig``; ``special_tokens`` has the tokenizer's ``bos``, ``eos`` and ``pad`` ids."""
         from transformers import LlamaConfig
 
+        return LlamaConfig(**self.llama_style_config(mode, special_tokens, dtype), attention_bias=False,
+                           mlp_bias=False, head_dim=self.config.head_dim)
+
+    def llama_style_config(self, mode: str, special_tokens: dict[str, int | None], dtype: torch.dtype) -> dict:
+        """The config values every Llama-style HF class shares."""
         config = self.config
-        return LlamaConfig(
+        return dict(
             architectures=[self.hf_architecture],
             vocab_size=self.vocab_size,
             hidden_size=config.hidden_size,
@@ -149,14 +179,11 @@ class LlamaConversion:
             num_hidden_layers=config.num_layers,
             num_attention_heads=config.num_attention_heads,
             num_key_value_heads=config.query_groups,
-            head_dim=config.head_dim,
             hidden_act="silu",
             max_position_embeddings=config.max_positions,
             rms_norm_eps=config.norm_epsilon,
             initializer_range=config.init_method_std,
             rope_parameters={"rope_type": "default", "rope_theta": float(config.rotary_base)},
-            attention_bias=False,
-            mlp_bias=False,
             tie_word_embeddings=not self.lm_head_is_output_layer(mode),
             bos_token_id=special_tokens["bos"],
             eos_token_id=special_tokens["eos"],
@@ -187,12 +214,19 @@ class LlamaConversion:
         """The architecture fields of a :class:`TrainConfig` for a ``transformers`` Llama config;
         raises ``ConversionError`` naming what our decoders cannot represent."""
         unsupported = []
-        if hf_config.hidden_act != "silu":
-            unsupported.append(f"hidden_act {hf_config.hidden_act}")
         if getattr(hf_config, "attention_bias", False):
             unsupported.append("attention_bias true")
         if getattr(hf_config, "mlp_bias", False):
             unsupported.append("mlp_bias true")
+        return cls.llama_style_values(hf_config, unsupported)
+
+    @classmethod
+    def llama_style_values(cls, hf_config, unsupported: list[str]) -> dict[str, Any]:
+        """:meth:`train_config_values` of any Llama-style class, after its own checks found
+        ``unsupported`` (``key value`` of the HF config)."""
+        unsupported = list(unsupported)
+        if hf_config.hidden_act != "silu":
+            unsupported.insert(0, f"hidden_act {hf_config.hidden_act}")
         rope = getattr(hf_config, "rope_parameters", None) or {}
         if rope.get("rope_type", "default") != "default":
             unsupported.append(f"rope_type {rope['rope_type']} (rope scaling)")
@@ -202,7 +236,7 @@ class LlamaConversion:
         if unsupported:
             raise ConversionError(
                 f"{cls.hf_architecture} with {', '.join(unsupported)} has no Megatron equivalent here "
-                f"(decoders are {LLAMA_STYLE})"
+                f"(its decoders are {cls.style})"
             )
         heads = hf_config.num_attention_heads
         return {
@@ -221,6 +255,7 @@ class LlamaConversion:
             "rotary_base": int(rope_theta),
             "rotary_percent": 1.0,
             "add_bias_linear": False,
+            "add_qkv_bias": cls.qkv_bias,
             "untie_embeddings_and_output_weights": not hf_config.tie_word_embeddings,
             "init_method_std": hf_config.initializer_range,
             "vocab_size": hf_config.vocab_size,

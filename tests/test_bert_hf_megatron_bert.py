@@ -15,7 +15,7 @@ from headless_megatron.config.megatron import transformer_config
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.export import export_hf
 from headless_megatron.convert.importer import import_hf
-from headless_megatron.models.bert.hf_conversion import MegatronBertConversion, unsupported_settings
+from headless_megatron.models.bert.hf_megatron_bert import MegatronBertConversion, unsupported_settings
 from headless_megatron.models.hf_mapping import megatron_tensor, megatron_to_hf
 
 SPECIAL_TOKENS = {"bos": None, "eos": 0, "pad": 1}
@@ -131,8 +131,8 @@ def megatron_outputs(save_directories: list[str], tokens: torch.Tensor) -> dict[
         path = latest_checkpoint(save)
         saved = config_from_dict(torch.load(path / "common.pt", weights_only=True)["config"])
         config = dataclasses.replace(saved, tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
-        padded = config.padded_vocab_size(tokenizer_for_dataset(config.data_path[0]).vocab_size)
-        model = build_model_stage(config, transformer_config(config, "local", on_gpu=False), padded, "local")
+        vocab = tokenizer_for_dataset(config.data_path[0]).vocab_size
+        model = build_model_stage(config, transformer_config(config, "local", on_gpu=False), vocab, "local")
         load_checkpoint(path, [model], load_rng=False)
         model.eval()
         with torch.no_grad():

@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from headless_megatron.config import TrainConfig
 from headless_megatron.convert import ConversionError
-from headless_megatron.models.gpt.hf_conversion import LlamaConversion, unsupported_settings
+from headless_megatron.models.gpt.hf_llama import LlamaConversion, unsupported_settings
 from headless_megatron.models.hf_mapping import megatron_tensor, megatron_to_hf
 
 VOCAB = 100  # padded to 128

@@ -2,7 +2,8 @@
 
 Megatron-Core's ``BertModel`` is pre-LN with a final LayerNorm and no embedding LayerNorm, which is
 exactly ``transformers``' MegatronBert ("Megatron BERT moves that layer norm after the drop-out
-(and to each layer)"); HF's ``BertForMaskedLM`` and RoBERTa are post-LN and cannot hold it.
+(and to each layer)"); HF's post-LN ``BertForMaskedLM`` is ``hf_bert.py`` (``transformer_block_type:
+post_ln``), which shares this class's modes, head and model card.
 
 - A vanilla encoder (``loss: ce``) exports to ``MegatronBertForMaskedLM`` with its trained MLM head
   (dense, GELU, LayerNorm, the tied or untied decoder and its bias).
@@ -58,6 +59,12 @@ LEFT_OUT_ON_IMPORT = ("pooler.", "cls.seq_relationship.", "cls.predictions.decod
 def unsupported_settings(config: TrainConfig) -> list[str]:
     """The settings of ``config`` that MegatronBert cannot represent, as ``key value``."""
     unsupported = []
+    if config.transformer_block_type != "pre_ln":
+        unsupported.append(f"transformer_block_type {config.transformer_block_type}")
+    if config.num_tokentypes:
+        unsupported.append(f"num_tokentypes {config.num_tokentypes}")
+    if config.openai_gelu:
+        unsupported.append("openai_gelu true")
     if config.normalization != "LayerNorm":
         unsupported.append(f"normalization {config.normalization}")
     if config.swiglu:
@@ -79,18 +86,28 @@ class MegatronBertConversion:
     hf_model_type = "megatron-bert"
     modes = ("mlm",)
     import_mode = "mlm"
+    masked_lm_architecture = MASKED_LM
+    encoder_architecture = ENCODER
+    style = BERT_STYLE
+    """What the HF classes hold, for refusals."""
+
+    @classmethod
+    def cannot_represent(cls, config: TrainConfig) -> list[str]:
+        """The settings of ``config`` these HF classes cannot hold, as ``key value`` (none: they can)."""
+        return unsupported_settings(config)
 
     def __init__(self, config: TrainConfig, vocab_size: int):
-        unsupported = unsupported_settings(config)
+        unsupported = self.cannot_represent(config)
         if unsupported:
+            name = self.masked_lm_architecture.removesuffix("ForMaskedLM")
             raise ConversionError(
-                f"MegatronBert cannot represent {', '.join(unsupported)}: it holds BERT-style encoders ({BERT_STYLE})"
+                f"{name} cannot represent {', '.join(unsupported)}: it holds encoders that are {self.style}"
             )
         self.config = config
         self.vocab_size = vocab_size
         self.padded_vocab_size = config.padded_vocab_size(vocab_size)
         self.headless = config.loss == "cwt"
-        self.hf_architecture = ENCODER if self.headless else MASKED_LM
+        self.hf_architecture = self.encoder_architecture if self.headless else self.masked_lm_architecture
 
     # ---- Modes ----
 
@@ -119,7 +136,7 @@ class MegatronBertConversion:
             ),
             TensorMapping("embedding.position_embeddings.weight",
                           (embeddings + "position_embeddings.weight", embeddings + "token_type_embeddings.weight"),
-                          _with_zero_token_type, _token_type_zero_into_positions),
+                          with_zero_token_type, _token_type_zero_into_positions),
         ]
         for kind in ("weight", "bias"):
             mappings += [
@@ -135,17 +152,20 @@ class MegatronBertConversion:
                 TensorMapping(f"encoder.layers.mlp.linear_fc2.{kind}", (f"{layer}output.dense.{kind}",)),
                 TensorMapping(f"encoder.final_layernorm.{kind}", (f"{prefix}encoder.ln.{kind}",)),
             ]
-        if not self.headless:
-            transform = "cls.predictions.transform."
-            mappings += [
-                TensorMapping(f"lm_head.{megatron}.{kind}", (f"{transform}{hf}.{kind}",))
-                for megatron, hf in (("dense", "dense"), ("layer_norm", "LayerNorm")) for kind in ("weight", "bias")
-            ]
-            mappings.append(vocab_rows_mapping("output_layer.bias", "cls.predictions.bias", vocab, padded))
-            if self.config.untie_embeddings_and_output_weights:
-                mappings.append(
-                    vocab_rows_mapping("output_layer.weight", "cls.predictions.decoder.weight", vocab, padded)
-                )
+        return mappings + self.mlm_head_mappings()
+
+    def mlm_head_mappings(self) -> list[TensorMapping]:
+        """The MLM head's tensors (none for a headless encoder)."""
+        if self.headless:
+            return []
+        vocab, padded, transform = self.vocab_size, self.padded_vocab_size, "cls.predictions.transform."
+        mappings = [
+            TensorMapping(f"lm_head.{megatron}.{kind}", (f"{transform}{hf}.{kind}",))
+            for megatron, hf in (("dense", "dense"), ("layer_norm", "LayerNorm")) for kind in ("weight", "bias")
+        ]
+        mappings.append(vocab_rows_mapping("output_layer.bias", "cls.predictions.bias", vocab, padded))
+        if self.config.untie_embeddings_and_output_weights:
+            mappings.append(vocab_rows_mapping("output_layer.weight", "cls.predictions.decoder.weight", vocab, padded))
         return mappings
 
     def unused_hf_tensor(self, name: str) -> bool:
@@ -159,8 +179,12 @@ class MegatronBertConversion:
         """The ``MegatronBertConfig``; ``special_tokens`` has the tokenizer's ``bos``, ``eos`` and ``pad`` ids."""
         from transformers import MegatronBertConfig
 
+        return MegatronBertConfig(**self.bert_config_values(special_tokens, dtype), type_vocab_size=1)
+
+    def bert_config_values(self, special_tokens: dict[str, int | None], dtype: torch.dtype) -> dict[str, Any]:
+        """The config values HF's BERT and MegatronBert share."""
         config = self.config
-        return MegatronBertConfig(
+        return dict(
             architectures=[self.hf_architecture],
             vocab_size=self.vocab_size,
             hidden_size=config.hidden_size,
@@ -171,7 +195,6 @@ class MegatronBertConversion:
             hidden_dropout_prob=config.hidden_dropout,
             attention_probs_dropout_prob=config.attention_dropout,
             max_position_embeddings=config.max_positions,
-            type_vocab_size=1,
             initializer_range=config.init_method_std,
             layer_norm_eps=config.norm_epsilon,
             tie_word_embeddings=not config.untie_embeddings_and_output_weights,
@@ -186,7 +209,7 @@ class MegatronBertConversion:
 
     def head_description(self, mode: str) -> str:
         if self.headless:
-            return ("none: a headless encoder has no MLM head, so this is the encoder alone (MegatronBertModel), "
+            return (f"none: a headless encoder has no MLM head, so this is the encoder alone ({self.hf_architecture}), "
                     "to fine-tune on a task, as the paper does on GLUE")
         tied = "untied" if self.config.untie_embeddings_and_output_weights else "tied to the input embeddings"
         return f"the trained MLM head (dense, GELU, LayerNorm, then the decoder, {tied}, and its bias)"
@@ -230,7 +253,7 @@ class MegatronBertConversion:
         }
 
 
-def _with_zero_token_type(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def with_zero_token_type(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return positions, positions.new_zeros(1, positions.shape[1])
 
 
