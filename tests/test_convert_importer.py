@@ -17,7 +17,7 @@ from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM
 from headless_megatron.cli import main
 from headless_megatron.config import parse_config
 from headless_megatron.convert.export import export_hf
-from headless_megatron.convert.importer import SafetensorsWeights
+from headless_megatron.convert.hf_weights import SafetensorsWeights
 from headless_megatron.data.tokenizer import tokenizer_for_dataset
 from headless_megatron.runtime.directory_lock import beside
 

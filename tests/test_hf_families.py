@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import warnings
 
 import pytest
@@ -254,3 +255,23 @@ def test_training_continues_from_the_import_with_the_hf_models_first_loss(model_
     expected = hf_first_loss(model, model_type, loss, batch, config)
     print(f"{model_type} {loss}: first loss {first_loss:.6f}, HF {expected:.6f}")
     assert abs(first_loss - expected) <= RELATIVE_TOLERANCE * abs(expected)
+
+
+LEGACY_SPELLINGS = {  # model_type: how its original checkpoints on the Hub spell the names transformers now writes
+    "gpt2": lambda name: name.removeprefix("transformer."),  # saved as GPT2Model, without the head's prefix
+    "bert": lambda name: name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
+                                                                                     "LayerNorm.beta"),
+}
+
+
+@pytest.mark.parametrize("model_type", [param for param in FAMILY if param.values[0] in LEGACY_SPELLINGS])
+def test_checkpoints_with_the_names_of_older_transformers_import_the_same(model_type, imported, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    directory, _, _ = imported(model_type)
+    shutil.copytree(directory, tmp_path / "legacy")
+    weights = load_file(directory / "model.safetensors")
+    save_file({LEGACY_SPELLINGS[model_type](name): tensor for name, tensor in weights.items()},
+              tmp_path / "legacy" / "model.safetensors", metadata={"format": "pt"})
+    assert main(["import-hf", "--model", str(tmp_path / "legacy"), "--output", str(tmp_path / "run")]) == 0
+    assert_same_tensors(directory, export_hf(tmp_path / "run", tmp_path / "again", model_type=model_type).output)

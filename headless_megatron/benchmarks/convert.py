@@ -4,15 +4,26 @@ recipes' shapes, with wall time and peak memory beside the bound the streaming c
     headless-megatron bench convert                                  # tiny, 160m and 1b, 1GB files
     headless-megatron bench convert --shapes 1b bert-base --max-shard-size 1GB --tensor-model-parallel-size 2 \\
         --pipeline-model-parallel-size 2
+    headless-megatron bench convert --shapes gpt2-124m bert-base-uncased      # HF's GPT-2 and BERT classes
+
+The shapes (:data:`SHAPES`): the recipes' decoders (``tiny``, ``160m``, ``1b``: Llama-style, as
+``LlamaForCausalLM``) and encoder (``bert-base``: pre-LN, as ``MegatronBertModel``), and one
+public checkpoint's shape for each other HF class an import reads: ``gpt2-124m`` (GPT-2 small as
+``GPT2LMHeadModel``, whose ``Conv1D`` weights are stored ``[in, out]``) and ``bert-base-uncased``
+(post-LN, as ``BertForMaskedLM``, with its two token types).
 
 For each shape a Hugging Face model directory is made first (untimed): the ``transformers`` config of
-the recipe's shape, the tensor names and shapes of its model class built on the meta device, every
-tensor filled at random (normal, std 0.02; norms around 1; BERT's single token-type row zero, which
-our encoders do not have) and written by the export's own shard writer, split by
+the shape, the tensor names and shapes of its model class built on the meta device (those an import
+reads: not a tied head's copy, buffers or a pooler), every tensor filled at random (normal, std
+0.02; norm weights around 1) and written by the export's own shard writer, split by
 ``huggingface_hub`` as ``save_pretrained(max_shard_size=...)`` splits, with its index: building and
 saving the real ``transformers`` model would hold it twice in memory and take minutes for nothing
-the round trip needs. A small BPE tokenizer is saved with it; the config's vocabulary (50,304 for
-the decoders, 30,592 for BERT) is what the embedding has.
+the round trip needs. The token-type table is random too where the import keeps it (``bert``:
+``num_tokentypes`` is ``type_vocab_size``), and MegatronBert's single row is zero: our pre-LN
+encoders have no token types, so its import adds that row to the positions and its export writes a
+zero row, which is bit-exact only for a zero row. A small BPE tokenizer is saved with it; the
+config's vocabulary (50,304 for the recipes' decoders, 50,257 for GPT-2, 30,592 for the recipes'
+BERT, 30,522 for bert-base-uncased) is what the embedding has.
 
 Then, each in a fresh process (so that peaks are the step's own): ``import-hf`` at the chosen layout
 (its ranks are that process's children), ``export-hf`` of the result with ``--max-shard-size``, and
@@ -38,7 +49,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# name: (model class, its config's arguments); decoders are Llama-style, as every GPT recipe here.
+# name: (model class, its config's arguments). The recipes' decoders are Llama-style and their encoder
+# is MegatronBert (pre-LN); GPT-2 small and bert-base-uncased (post-LN) are the shapes of the public
+# checkpoints most often imported into the two other classes.
 SHAPES = {
     "tiny": ("LlamaForCausalLM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                                       num_attention_heads=4, num_key_value_heads=4, vocab_size=512,
@@ -52,14 +65,22 @@ SHAPES = {
     "bert-base": ("MegatronBertModel", dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                             num_attention_heads=12, vocab_size=30592, max_position_embeddings=512,
                                             type_vocab_size=1, layer_norm_eps=1e-12)),
+    "gpt2-124m": ("GPT2LMHeadModel", dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257,
+                                          activation_function="gelu_new")),
+    "bert-base-uncased": ("BertForMaskedLM", dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                  num_attention_heads=12, vocab_size=30522,
+                                                  max_position_embeddings=512, type_vocab_size=2,
+                                                  layer_norm_eps=1e-12)),
 }
+DEFAULT_SHAPES = ["tiny", "160m", "1b"]
 TOKENIZER_VOCAB = 500
 SAMPLE_SECONDS = 0.01
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["tiny", "160m", "1b"],
-                        help="model shapes (the recipes' tiny, 160m and 1b decoders; bert-base; default: the decoders)")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=DEFAULT_SHAPES,
+                        help="model shapes: the recipes' tiny, 160m and 1b decoders (the default) and bert-base "
+                             "encoder; gpt2-124m (GPT2LMHeadModel) and bert-base-uncased (BertForMaskedLM)")
     parser.add_argument("--max-shard-size", default="1GB", help="export-hf --max-shard-size (default: 1GB)")
     parser.add_argument("--tensor-model-parallel-size", type=int, default=2, help="import layout (default: 2)")
     parser.add_argument("--pipeline-model-parallel-size", type=int, default=2, help="import layout (default: 2)")
@@ -162,6 +183,7 @@ def write_random_model(shape: str, directory: Path, max_shard_bytes: int) -> dic
     from headless_megatron.convert.export import WEIGHTS_PATTERN, ShardWriter
     from headless_megatron.data.preprocess import prepare_tokenizer
     from headless_megatron.data.sources import open_corpus
+    from headless_megatron.models.hf_mapping import hf_tensor_names
 
     tokenizer = prepare_tokenizer(open_corpus(["builtin:python-topics"]), train="bpe", vocab_size=TOKENIZER_VOCAB)
     architecture, values = SHAPES[shape]
@@ -172,8 +194,15 @@ def write_random_model(shape: str, directory: Path, max_shard_bytes: int) -> dic
     )
     with torch.device("meta"):
         names_and_shapes = {name: tuple(tensor.shape) for name, tensor in model_class(config).state_dict().items()}
-    needed = _needed_names(config)
+    conversion = _import_conversion(config)
+    needed = hf_tensor_names(conversion, conversion.import_mode)
+    missing = needed - names_and_shapes.keys()
+    if missing:  # the conversion reads a tensor the HF class does not have: a wrong shape entry
+        raise ValueError(f"{shape}: {architecture} has no {', '.join(sorted(missing)[:5])}")
     shapes = {name: shape for name, shape in names_and_shapes.items() if name in needed}
+    # Without token types (MegatronBert) the import adds row 0 to the positions and the export writes
+    # a zero row: only a zero row comes back bit for bit. A kept table (BERT's) is random like the rest.
+    zero_token_types = not conversion.config.num_tokentypes
     split = split_state_dict_into_shards_factory(
         {name: math.prod(shape) * 4 for name, shape in shapes.items()}, get_storage_size=int,
         filename_pattern=WEIGHTS_PATTERN, max_shard_size=max_shard_bytes,
@@ -185,9 +214,9 @@ def write_random_model(shape: str, directory: Path, max_shard_bytes: int) -> dic
     generator = torch.Generator().manual_seed(0)
     for name, tensor_shape in shapes.items():
         tensor = torch.empty(tensor_shape)
-        if "token_type" in name:
+        if "token_type" in name and zero_token_types:
             tensor.zero_()
-        elif len(tensor_shape) == 1 and ("norm" in name or name.endswith(("ln.weight", "LayerNorm.weight"))):
+        elif len(tensor_shape) == 1 and is_norm_weight(name):
             tensor.normal_(1.0, 0.02, generator=generator)
         else:
             tensor.normal_(0.0, 0.02, generator=generator)
@@ -196,18 +225,25 @@ def write_random_model(shape: str, directory: Path, max_shard_bytes: int) -> dic
     return {name: math.prod(shape) * 4 for name, shape in shapes.items()}
 
 
-def _needed_names(hf_config) -> set[str]:
-    """The HF tensors an import reads (a tied model's head is a copy and is not saved)."""
+def is_norm_weight(name: str) -> bool:
+    """Whether the HF tensor ``name`` is a norm's weight (a scale, around 1): Llama's ``*norm``,
+    BERT's ``LayerNorm``, MegatronBert's ``ln``, GPT-2's ``ln_1``, ``ln_2`` and ``ln_f``."""
+    module, _, kind = name.rpartition(".")
+    module = module.rpartition(".")[2]
+    return kind == "weight" and ("norm" in module.lower() or module == "ln" or module.startswith("ln_"))
+
+
+def _import_conversion(hf_config):
+    """The conversion an import of ``hf_config`` uses (its tensors are those the import reads: a tied
+    model's head is a copy and is not saved)."""
     from headless_megatron.convert.importer import TRAINING_PLACEHOLDERS, imported_train_config
-    from headless_megatron.models.hf_mapping import hf_tensor_names
     from headless_megatron.models.registry import hf_conversions
 
     family = hf_conversions()[hf_config.model_type]
     values = family.train_config_values(hf_config)
     vocab_size = values.pop("vocab_size")
     config = imported_train_config({**values, **TRAINING_PLACEHOLDERS, "vocab_size": vocab_size})
-    conversion = family(config, vocab_size)
-    return hf_tensor_names(conversion, conversion.import_mode)
+    return family(config, vocab_size)
 
 
 def compare_weights(original: Path, exported: Path) -> list[str]:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ import torch
 from headless_megatron.config import ConfigError, TrainConfig, config_from_dict
 from headless_megatron.convert import ConversionError
 from headless_megatron.convert.atomic import atomic_directory, check_apart, check_output
+from headless_megatron.convert.hf_weights import SafetensorsWeights
 from headless_megatron.convert.streamed_save import ShardId, TensorSource
 from headless_megatron.data.errors import DataError
 from headless_megatron.data.tokenizer import Tokenizer
@@ -65,8 +65,6 @@ from headless_megatron.runtime.directory_lock import beside
 from headless_megatron.training.run_directory import CheckpointError, iteration_dir, read_common
 
 TOKENIZER_DIRECTORY = "tokenizer"
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
 # Everything an import writes at the top of its output (what --overwrite may replace).
 IMPORT_ENTRIES = {"iter_0000000", "latest_checkpointed_iteration.txt", TOKENIZER_DIRECTORY}
 # Fields a TrainConfig requires that describe training, not the model: a fine-tuning run sets its own.
@@ -88,54 +86,6 @@ class ImportResult:
     tensor_model_parallel_size: int
     pipeline_model_parallel_size: int
     vocab_size: int
-
-
-class SafetensorsWeights:
-    """The tensors of a Hugging Face model directory, read one at a time (memory-mapped) from
-    ``model.safetensors`` or the shards a ``model.safetensors.index.json`` lists."""
-
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        index = self.directory / SAFETENSORS_INDEX
-        if index.is_file():
-            self.file_of = dict(json.loads(index.read_text())["weight_map"])
-        elif (self.directory / SAFETENSORS_FILE).is_file():
-            with self._open(SAFETENSORS_FILE) as weights:
-                self.file_of = dict.fromkeys(weights.keys(), SAFETENSORS_FILE)
-        else:
-            raise ConversionError(
-                f"{self.directory}: no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}; only safetensors weights are "
-                "read (save the model with save_pretrained, which writes them)"
-            )
-        self._open_files: dict[str, Any] = {}
-
-    def _open(self, name: str):
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            return safe_open(self.directory / name, framework="pt")
-        except SafetensorError as error:
-            raise ConversionError(f"{self.directory / name}: not a complete safetensors file ({first_line(error)}); "
-                                  "download or save the model again") from error
-
-    def names(self) -> set[str]:
-        return set(self.file_of)
-
-    def _file(self, name: str):
-        file = self.file_of[name]
-        if file not in self._open_files:
-            self._open_files[file] = self._open(file)
-        return self._open_files[file]
-
-    def __call__(self, name: str) -> torch.Tensor:
-        return self._file(name).get_tensor(name)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._file(name).get_slice(name).get_shape())
-
-    def region(self, name: str, index: tuple[slice, ...]) -> torch.Tensor:
-        """``tensor[index]`` read alone (``safe_open``'s ``get_slice``), not the whole tensor."""
-        return self._file(name).get_slice(name)[index]
 
 
 def import_hf(
@@ -170,7 +120,7 @@ def import_hf(
              "pipeline_model_parallel_size": pipeline_model_parallel_size},
         )
         conversion = family(config, vocab_size)
-        weights = SafetensorsWeights(directory)
+        weights = SafetensorsWeights(directory, hf_tensor_names(conversion, conversion.import_mode))
         _check_weights(weights, conversion)
         with atomic_directory(output, overwrite, earlier_import) as staging:
             hf_tokenizer.save(staging / TOKENIZER_DIRECTORY)
@@ -326,7 +276,8 @@ def _write_stage(
     with torch.device("meta"):
         stage = build_model_stage(config, megatron_config, vocab_size, RANKS_BACKEND)
     conversion = hf_conversions()[hf_model_type](config, vocab_size)
-    sources = hf_sources(stage, conversion.mappings(conversion.import_mode), SafetensorsWeights(directory))
+    weights = SafetensorsWeights(directory, hf_tensor_names(conversion, conversion.import_mode))
+    sources = hf_sources(stage, conversion.mappings(conversion.import_mode), weights)
     common = {"config": config.to_dict(), "consumed_train_samples": 0, "imported_from": provenance}
     save_checkpoint(root, 0, [stage], None, None, common, sharded_strategy=StreamedSaveStrategy(sources))
 
