@@ -222,10 +222,14 @@ def test_checkpoints_of_other_models_are_refused(checkpoints, tmp_path, capsys):
     torch.save({"args": None, "iteration": 3}, foreign / "iter_0000003" / "common.pt")  # Megatron-LM's own trainer
     assert_fails_cleanly(["--checkpoint", str(foreign)], "not a headless-megatron checkpoint", tmp_path / "out", capsys)
     encoder = damaged_copy(save, tmp_path / "bert", model="bert")
-    assert_fails_cleanly(["--checkpoint", str(encoder)], "MegatronBert cannot represent normalization RMSNorm, swiglu "
-                         "true, position_embedding_type rope, add_bias_linear false", tmp_path / "out", capsys)
+    assert_fails_cleanly(["--checkpoint", str(encoder)], "no Hugging Face class holds this bert checkpoint: "
+                         "megatron-bert cannot hold normalization RMSNorm, swiglu true, position_embedding_type rope, "
+                         "add_bias_linear false", tmp_path / "out", capsys)
     layer_norm = damaged_copy(save, tmp_path / "neox", normalization="LayerNorm", swiglu=False)
     assert_fails_cleanly(["--checkpoint", str(layer_norm)],
+                         "no Hugging Face class holds this gpt checkpoint: llama cannot hold normalization LayerNorm, "
+                         "swiglu false;", tmp_path / "out", capsys)
+    assert_fails_cleanly(["--checkpoint", str(layer_norm), "--model-type", "llama"],
                          "LlamaForCausalLM cannot represent normalization LayerNorm, swiglu false", tmp_path / "out",
                          capsys)
     assert_fails_cleanly(

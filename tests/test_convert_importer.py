@@ -12,7 +12,7 @@ from data_fixtures import tiny_builtin_dataset
 from local_ranks import run_on_ranks
 from safetensors.torch import load_file, save_file
 from test_convert_export import LOGITS_TOLERANCE, TOKENS, VOCAB, lock_holder, megatron_logits, training_argv
-from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM
+from transformers import GPTNeoXConfig, LlamaConfig, LlamaForCausalLM
 
 from headless_megatron.cli import main
 from headless_megatron.config import parse_config
@@ -181,11 +181,10 @@ def assert_fails_cleanly(argv: list[str], message: str, output, capsys) -> str:
 def test_other_architectures_and_incomplete_directories_are_refused(untied_model, tmp_path, capsys):
     output = tmp_path / "out"
     assert_fails_cleanly(["--model", str(tmp_path / "nope")], "no such model directory", output, capsys)
-    gpt2 = tmp_path / "gpt2"
-    GPT2Config().save_pretrained(gpt2)
-    assert_fails_cleanly(
-        ["--model", str(gpt2)], "model_type gpt2 cannot be imported; supported: llama, megatron-bert", output, capsys
-    )
+    neox = tmp_path / "neox"
+    GPTNeoXConfig().save_pretrained(neox)
+    assert_fails_cleanly(["--model", str(neox)], "model_type gpt_neox cannot be imported; supported: llama, qwen2, "
+                         "gpt2, mistral, megatron-bert, bert", output, capsys)
     bare = tmp_path / "bare"
     LlamaConfig.from_pretrained(untied_model).save_pretrained(bare)
     assert_fails_cleanly(["--model", str(bare)], "no tokenizer: ", output, capsys)

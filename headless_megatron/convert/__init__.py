@@ -15,11 +15,11 @@ Modules:
 - ``streamed_save``: the import's save, each shard read from the HF files as it is written;
 - ``atomic``: outputs written beside their place and renamed in on success.
 
-What a family's tensors become is not here: each family's ``models/<name>/hf_conversion.py``
+What a family's tensors become is not here: each of a family's ``models/<name>/hf_<model_type>.py``
 implements :class:`~headless_megatron.models.hf_mapping.Conversion` with the shared mappings of
-:mod:`headless_megatron.models.hf_mapping`. Export finds a checkpoint's conversion by its config's
-``model``, import by the HF ``model_type`` (both through
-:func:`headless_megatron.models.registry.hf_conversions`).
+:mod:`headless_megatron.models.hf_mapping`. Export finds a checkpoint's conversion by its config
+(:func:`headless_megatron.models.registry.conversion_for`), import by the HF ``model_type``
+(:func:`headless_megatron.models.registry.hf_conversions`).
 
 Every expected failure raises :class:`ConversionError` with a one-line message.
 """

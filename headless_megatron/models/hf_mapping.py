@@ -1,6 +1,7 @@
 """What every model family's Hugging Face conversion shares: tensor mappings, Megatron's fused
 layouts, the :class:`Conversion` contract and its :class:`ConversionError`. Each family's own
-mapping is its ``hf_conversion.py``; :mod:`headless_megatron.convert` runs them (export, import).
+mappings are its ``hf_<model_type>.py`` modules; :mod:`headless_megatron.convert` runs them (export,
+import).
 
 A :class:`TensorMapping` ties one Megatron-Core checkpoint tensor to the Hugging Face tensors it
 becomes, with the two functions between them. Checkpoint keys of transformer layers
