@@ -96,6 +96,9 @@ def _validate_objective(config: TrainConfig) -> None:
 def _validate_training(config: TrainConfig) -> None:
     if config.bf16 and config.fp16:
         fail("fp16", "cannot be combined with bf16; choose one")
+    if config.optimizer == "sgd" and config.use_distributed_optimizer:
+        fail("optimizer", "sgd needs use_distributed_optimizer false (Megatron-Core shards Adam's state only); "
+             "pass --no-use-distributed-optimizer")
     if config.data_path is None and not config.mock_data:
         fail("data_path", "required unless mock_data; pass --data-path PREFIX (or --mock-data)")
     if config.mock_data and config.vocab_size is None and config.tokenizer is None:
