@@ -9,7 +9,9 @@ uniform; nothing downloaded), imported, and then:
 - exporting it again gives back every tensor bit for bit, which ``transformers`` loads without a
   missing, unexpected or mismatched key;
 - training continues from it, with the CE and the CWT loss, and its first loss is the one the HF
-  model gives on the same tokens.
+  model gives on the same tokens;
+- the names older ``transformers`` wrote (GPT-2 without its head's prefix, BERT's LayerNorm
+  ``gamma``/``beta``) import the same, here at TP2 and PP2.
 
 Each family's tests run on one worker (its ``xdist_group``), so its import happens once.
 """
@@ -262,10 +264,12 @@ LEGACY_SPELLINGS = {  # model_type: how its original checkpoints on the Hub spel
     "bert": lambda name: name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
                                                                                      "LayerNorm.beta"),
 }
+IMPORT_LAYOUTS = {"gpt2": ["--tensor-model-parallel-size", "2"], "bert": ["--pipeline-model-parallel-size", "2"]}
 
 
 @pytest.mark.parametrize("model_type", [param for param in FAMILY if param.values[0] in LEGACY_SPELLINGS])
-def test_checkpoints_with_the_names_of_older_transformers_import_the_same(model_type, imported, tmp_path):
+def test_checkpoints_with_the_names_of_older_transformers_import_the_same_at_another_layout(model_type, imported,
+                                                                                           tmp_path):
     from safetensors.torch import load_file, save_file
 
     directory, _, _ = imported(model_type)
@@ -273,5 +277,6 @@ def test_checkpoints_with_the_names_of_older_transformers_import_the_same(model_
     weights = load_file(directory / "model.safetensors")
     save_file({LEGACY_SPELLINGS[model_type](name): tensor for name, tensor in weights.items()},
               tmp_path / "legacy" / "model.safetensors", metadata={"format": "pt"})
-    assert main(["import-hf", "--model", str(tmp_path / "legacy"), "--output", str(tmp_path / "run")]) == 0
+    assert main(["import-hf", "--model", str(tmp_path / "legacy"), "--output", str(tmp_path / "run"),
+                 *IMPORT_LAYOUTS[model_type]]) == 0
     assert_same_tensors(directory, export_hf(tmp_path / "run", tmp_path / "again", model_type=model_type).output)
