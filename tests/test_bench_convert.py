@@ -1,6 +1,7 @@
 """The conversion benchmark: a random HF model imported at TP2 x PP2 and exported back bit for bit, its
-table; at the 1B and BERT-base shapes (slow tier, ``pytest -m slow``) with export and import within the
-memory bound."""
+table; the random directories of each HF class it covers (Llama, GPT-2, BERT, MegatronBert) as
+``transformers`` loads them; at the 1B and BERT-base shapes (slow tier, ``pytest -m slow``) with export
+and import within the memory bound."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 
 import pytest
 
-from headless_megatron.benchmarks.convert import round_trip
+from headless_megatron.benchmarks.convert import SHAPES, round_trip, write_random_model
 from headless_megatron.commands.bench import main_for_tool
 
 
@@ -22,6 +23,48 @@ def test_the_table_reports_a_sharded_bit_equal_round_trip(capsys):
     equal, total = map(int, cells["bit-equal"].split("/"))
     assert equal == total == 38  # 4 layers x 9 tensors, the embeddings and the final norm
     assert float(cells["import s"]) > 0 and float(cells["export s"]) > 0
+
+
+# The shapes' classes at a few kilobytes (the round trips themselves: tests/test_hf_families.py).
+TINY_CLASSES = {
+    "gpt2-124m": dict(n_embd=32, n_layer=2, n_head=4, n_positions=16),
+    "bert-base-uncased": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              max_position_embeddings=16),
+    "bert-base": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      max_position_embeddings=16),
+    "tiny": dict(num_hidden_layers=2, max_position_embeddings=16),
+}
+
+
+@pytest.mark.parametrize("shape", list(TINY_CLASSES))
+def test_the_random_model_is_what_transformers_loads(shape, tmp_path, monkeypatch):
+    import torch
+    import transformers
+
+    from headless_megatron.convert.importer import SafetensorsWeights
+
+    architecture, values = SHAPES[shape]
+    monkeypatch.setitem(SHAPES, shape, (architecture, {**values, **TINY_CLASSES[shape], "vocab_size": 600}))
+    directory = tmp_path / "hf"
+    sizes = write_random_model(shape, directory, max_shard_bytes=10**9)
+    model, info = getattr(transformers, architecture).from_pretrained(directory, output_loading_info=True)
+    # A pooler (MegatronBertModel's) is what an import leaves out, so the directory has none: HF adds it.
+    assert all(key.startswith("pooler.") for key in info["missing_keys"])
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    weights, state = SafetensorsWeights(directory), model.state_dict()
+    assert weights.names() == set(sizes)
+    for name in weights.names():
+        assert torch.equal(weights(name), state[name]), name
+    norms = [name for name in sizes if name.endswith(("norm.weight", "LayerNorm.weight", "ln.weight", "ln_1.weight",
+                                                      "ln_2.weight", "ln_f.weight"))]
+    assert norms and all(abs(weights(name).mean() - 1) < 0.1 for name in norms)
+    token_types = [weights(name) for name in sizes if "token_type" in name]
+    if architecture == "GPT2LMHeadModel":  # Conv1D: [in, out]
+        assert weights("transformer.h.0.mlp.c_fc.weight").shape == (32, 128)
+    if architecture == "BertForMaskedLM":  # kept by the import: random, both rows
+        assert token_types[0].shape == (2, 32) and token_types[0].std() > 0.01
+    if architecture == "MegatronBertModel":  # added to the positions by the import: zero
+        assert token_types[0].shape == (1, 32) and not token_types[0].any()
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """``headless-megatron bench convert``: import-hf and export-hf of randomly initialised models at the
-recipes' shapes, with wall time and peak memory beside the bound the streaming conversion promises.
+recipes' shapes (and GPT-2 small's and bert-base-uncased's), with wall time and peak memory beside the
+bound the streaming conversion promises.
 
     headless-megatron bench convert                                  # tiny, 160m and 1b, 1GB files
     headless-megatron bench convert --shapes 1b bert-base --max-shard-size 1GB --tensor-model-parallel-size 2 \\
@@ -7,8 +8,8 @@ recipes' shapes, with wall time and peak memory beside the bound the streaming c
     headless-megatron bench convert --shapes gpt2-124m bert-base-uncased      # HF's GPT-2 and BERT classes
 
 The shapes (:data:`SHAPES`): the recipes' decoders (``tiny``, ``160m``, ``1b``: Llama-style, as
-``LlamaForCausalLM``) and encoder (``bert-base``: pre-LN, as ``MegatronBertModel``), and one
-public checkpoint's shape for each other HF class an import reads: ``gpt2-124m`` (GPT-2 small as
+``LlamaForCausalLM``) and encoder (``bert-base``: pre-LN, as ``MegatronBertModel``), and a public
+checkpoint's shape for HF's own GPT-2 and BERT classes: ``gpt2-124m`` (GPT-2 small as
 ``GPT2LMHeadModel``, whose ``Conv1D`` weights are stored ``[in, out]``) and ``bert-base-uncased``
 (post-LN, as ``BertForMaskedLM``, with its two token types).
 
@@ -22,7 +23,7 @@ the round trip needs. The token-type table is random too where the import keeps 
 ``num_tokentypes`` is ``type_vocab_size``), and MegatronBert's single row is zero: our pre-LN
 encoders have no token types, so its import adds that row to the positions and its export writes a
 zero row, which is bit-exact only for a zero row. A small BPE tokenizer is saved with it; the
-config's vocabulary (50,304 for the recipes' decoders, 50,257 for GPT-2, 30,592 for the recipes'
+config's vocabulary (50,304 for the 160m and 1b decoders, 50,257 for GPT-2, 30,592 for the recipes'
 BERT, 30,522 for bert-base-uncased) is what the embedding has.
 
 Then, each in a fresh process (so that peaks are the step's own): ``import-hf`` at the chosen layout
@@ -50,8 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # name: (model class, its config's arguments). The recipes' decoders are Llama-style and their encoder
-# is MegatronBert (pre-LN); GPT-2 small and bert-base-uncased (post-LN) are the shapes of the public
-# checkpoints most often imported into the two other classes.
+# is MegatronBert (pre-LN); GPT-2 small and bert-base-uncased (post-LN) are public checkpoints' shapes
+# of HF's GPT-2 and BERT classes (opt-in: not in the default).
 SHAPES = {
     "tiny": ("LlamaForCausalLM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                                       num_attention_heads=4, num_key_value_heads=4, vocab_size=512,
