@@ -41,7 +41,7 @@ def test_the_random_model_is_what_transformers_loads(shape, tmp_path, monkeypatc
     import torch
     import transformers
 
-    from headless_megatron.convert.importer import SafetensorsWeights
+    from headless_megatron.convert.hf_weights import SafetensorsWeights
 
     architecture, values = SHAPES[shape]
     monkeypatch.setitem(SHAPES, shape, (architecture, {**values, **TINY_CLASSES[shape], "vocab_size": 600}))

@@ -252,7 +252,7 @@ def compare_weights(original: Path, exported: Path) -> list[str]:
     in memory at a time."""
     import torch
 
-    from headless_megatron.convert.importer import SafetensorsWeights
+    from headless_megatron.convert.hf_weights import SafetensorsWeights
 
     before, after = SafetensorsWeights(original), SafetensorsWeights(exported)
     mismatched = sorted(before.names() ^ after.names())
