@@ -14,6 +14,7 @@ from headless_megatron.data.workers import (
     PIECE_CHARACTERS,
     Batch,
     BatchEncoder,
+    EncoderSpec,
     TokenizerPool,
     cuts_keep_ids,
     piece_bounds,
@@ -66,7 +67,8 @@ def _split(tokenized):
 
 
 def test_batch_encoder_appends_the_end_of_document_id(tokenizer):
-    encoded = BatchEncoder(tokenizer.encoder_json(), tokenizer.eod, "uint16")(["first doc", "<|endoftext|> literal"])
+    encoder = BatchEncoder(EncoderSpec(tokenizer.encoder_json(), tokenizer.eod, "uint16"))
+    encoded = encoder(["first doc", "<|endoftext|> literal"])
     assert encoded.tokens.dtype == np.uint16 and encoded.lengths.sum() == encoded.tokens.size
     assert _split(encoded) == _expected(tokenizer, ["first doc", "<|endoftext|> literal"])
 
@@ -97,7 +99,7 @@ def test_read_ahead_is_bounded(tokenizer):
 
 def test_ids_that_do_not_fit_the_dtype_are_an_error_not_a_wraparound(tokenizer):
     with pytest.raises(DataError, match="the tokenizer produced id 4.., which does not fit --dtype uint8"):
-        BatchEncoder(tokenizer.encoder_json(), 499, "uint8")(["x"])
+        BatchEncoder(EncoderSpec(tokenizer.encoder_json(), 499, "uint8"))(["x"])
 
 
 def test_an_error_in_a_worker_reaches_the_caller(tokenizer):
@@ -108,8 +110,8 @@ def test_an_error_in_a_worker_reaches_the_caller(tokenizer):
 @pytest.mark.parametrize("kind", ["bpe", "unigram"])
 def test_a_long_document_is_encoded_in_bounded_pieces_with_the_ids_of_one_piece(kind, tokenizer, unigram):
     trained = {"bpe": tokenizer, "unigram": unigram}[kind]
-    encoder = BatchEncoder(trained.encoder_json(), trained.eod, "uint16")
-    encoder._encoder = recording = RecordingEncoder(encoder._encoder)
+    encoder = BatchEncoder(EncoderSpec(trained.encoder_json(), trained.eod, "uint16"))
+    encoder._engine._tokenizer = recording = RecordingEncoder(encoder._engine._tokenizer)
     encoded = encoder([LONG_DOCUMENT])
     assert _split(encoded) == [trained.tokenize(LONG_DOCUMENT) + [trained.eod]]  # the whole document in one call
     assert sum(recording.sizes) == len(LONG_DOCUMENT) > 10 * PIECE_CHARACTERS
@@ -142,8 +144,8 @@ def test_other_pipelines_are_encoded_whole(tokenizer, change):
     assert cuts_keep_ids(tokenizer.encoder_json())
     changed = json.dumps({**json.loads(tokenizer.encoder_json()), **change})
     assert not cuts_keep_ids(changed)
-    encoder = BatchEncoder(changed, tokenizer.eod, "uint16")
-    encoder._encoder = recording = RecordingEncoder(encoder._encoder)
+    encoder = BatchEncoder(EncoderSpec(changed, tokenizer.eod, "uint16"))
+    encoder._engine._tokenizer = recording = RecordingEncoder(encoder._engine._tokenizer)
     document = LONG_DOCUMENT[:3 * PIECE_CHARACTERS]
     encoder([document])
     assert recording.sizes == [len(document)]

@@ -100,6 +100,47 @@ def test_two_workers_write_the_same_dataset_as_one(topics_tokenizer, tmp_path, c
     assert out[-1].endswith("tokens/s, " + out[-1].split("tokens/s, ")[1]) and out[-1].endswith("; skipped 0")
 
 
+@pytest.mark.parametrize("parse", [[], ["--parse-special-tokens"]], ids=["special_strings_as_text", "parsed"])
+def test_every_engine_writes_the_bytes_of_the_hf_engine_and_the_sidecar_names_it(parse, topics_tokenizer, tmp_path,
+                                                                                 capsys):
+    """The corpus holds special-token strings in its text, leading spaces and odd Unicode."""
+    documents = [*builtin_documents("python-topics"), "see <|endoftext|> here", " <|endoftext|>", "e\u0301\U0001f600x"]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents))
+    for engine in ("hf", "auto", "fastokens", "gigatoken"):
+        assert _preprocess("--input", corpus, "--tokenizer", topics_tokenizer, "--output-prefix", tmp_path / engine,
+                           "--tokenizer-engine", engine, "--workers", 2, *parse) == 0
+        assert f"engine {'fastokens' if engine == 'auto' else engine})" in capsys.readouterr().out
+    reference = _dataset_bytes(tmp_path / "hf_text_document")
+    for engine in ("auto", "fastokens", "gigatoken"):
+        assert _dataset_bytes(tmp_path / f"{engine}_text_document") == reference, engine
+    recorded = read_sidecar(tmp_path / "auto_text_document.json").tokenizer
+    assert (recorded["engine"], recorded["parse_special_tokens"]) == ("fastokens", bool(parse))
+    written = IndexedDataset(str(tmp_path / "hf_text_document"))  # kept: its arrays view its memory map
+    ids = written[len(documents) - 2].tolist()
+    eod = tokenizer_for_dataset(tmp_path / "hf_text_document").eod
+    assert (ids.count(eod) == 2) == bool(parse)  # the literal string, then the document's end
+
+
+def test_a_named_engine_that_cannot_run_is_one_line_and_writes_nothing(topics_tokenizer, tmp_path, capsys,
+                                                                       monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "gigatoken" else
+                        find_spec(name, *args))
+    assert _preprocess("--input", "builtin:python-topics", "--tokenizer", topics_tokenizer, "--output-prefix",
+                       tmp_path / "p", "--tokenizer-engine", "gigatoken") == 2
+    assert capsys.readouterr().err == ("headless-megatron preprocess: error: --tokenizer-engine gigatoken: gigatoken "
+                                       "is not installed (pip install gigatoken); use auto or hf\n")
+    assert [name for name in _outputs(tmp_path) if not name.endswith("_tokenizer")] == []
+    with pytest.raises(SystemExit) as done:
+        _preprocess("--input", "builtin:python-topics", "--tokenizer-engine", "tiktoken", "--output-prefix", tmp_path)
+    assert done.value.code == 2
+    assert capsys.readouterr().err == ("headless-megatron preprocess: error: argument --tokenizer-engine: invalid "
+                                       "choice: 'tiktoken' (choose from 'auto', 'hf', 'fastokens', 'gigatoken')\n")
+
+
 def test_shards_merged_equal_a_single_run(topics_tokenizer, tmp_path, capsys):
     tokenizer = ["--tokenizer", topics_tokenizer]
     assert _preprocess("--input", "builtin:python-topics", *tokenizer, "--output-prefix", tmp_path / "single") == 0

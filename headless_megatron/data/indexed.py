@@ -5,9 +5,10 @@ Names follow Megatron-LM's ``tools/preprocess_data.py``: ``--output-prefix P`` w
 ``P_text_document.bin``, ``P_text_document.idx`` and the sidecar ``P_text_document.json``, plus the
 tokenizer directory ``P_tokenizer/``.
 
-The files are written by Megatron-Core's own ``IndexedDatasetBuilder`` (one entry per document,
-document boundaries in the index), so ``IndexedDataset``, ``GPTDataset`` and Megatron-LM's tools read
-them. Everything is first written to a scratch directory beside the outputs (same file system, so a
+The files are written by :class:`~headless_megatron.data.index_writer.IndexWriter`, byte for byte
+what Megatron-Core's ``IndexedDatasetBuilder`` writes (one entry per document, document boundaries
+in the index) without its 3 s import, so ``IndexedDataset``, ``GPTDataset`` and Megatron-LM's tools
+read them. Everything is first written to a scratch directory beside the outputs (same file system, so a
 rename is atomic) and moved into place only when complete: the old sidecar and index are removed
 first, then the tokenizer, ``.bin``, ``.idx`` are renamed in, and the sidecar last. An interrupted or
 failed run therefore leaves either the previous complete dataset, or files without an index or
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from headless_megatron.data.errors import DataError
+from headless_megatron.data.index_writer import IndexWriter
 from headless_megatron.data.sidecar import DatasetInfo, sidecar_path, write_sidecar
 
 if TYPE_CHECKING:
@@ -98,35 +100,31 @@ class AtomicDatasetWriter:
         self._builder = None
 
     def __enter__(self) -> AtomicDatasetWriter:
-        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
         parent = self.paths.dataset_prefix.parent
         parent.mkdir(parents=True, exist_ok=True)
         name = self.paths.dataset_prefix.name
         self._scratch = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent))
-        self._builder = IndexedDatasetBuilder(str(self._scratch / self.paths.bin.name), dtype=self.dtype)
+        self._builder = IndexWriter(self._scratch / self.paths.bin.name, self.dtype)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._builder is not None:
-            self._builder.data_file.close()  # the builder has no close(); finalize() also writes the index
+            self._builder.close()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
     def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         """Append documents given as one concatenated array and the length of each document."""
-        ends = np.cumsum(lengths)
-        for start, end in zip(ends - lengths, ends, strict=True):
-            self._builder.add_document(tokens[start:end], [int(end - start)])
+        self._builder.add_documents(tokens, lengths)
 
     def add_dataset(self, dataset_prefix: str | os.PathLike) -> None:
-        """Append every document of an existing dataset (Megatron's ``add_index``: a file copy)."""
-        self._builder.add_index(os.fspath(dataset_prefix))
+        """Append every document of an existing dataset (a file copy, as Megatron's ``add_index``)."""
+        self._builder.add_dataset(dataset_prefix)
 
     def publish(self, tokenizer: Tokenizer, info: DatasetInfo) -> None:
         """Finish the index, save the tokenizer and the sidecar, and move them all into place."""
-        self._builder.finalize(str(self._scratch / self.paths.idx.name))
+        self._builder.finalize(self._scratch / self.paths.idx.name)
         self._builder = None
         tokenizer.save(self._scratch / self.paths.tokenizer.name)
         write_sidecar(self._scratch / self.paths.sidecar.name, info)

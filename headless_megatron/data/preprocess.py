@@ -18,16 +18,18 @@ that all ``n`` are there and were made with the same tokenizer.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from headless_megatron.data.engines import choose_engine
 from headless_megatron.data.errors import DataError
 from headless_megatron.data.indexed import AtomicDatasetWriter, DatasetPaths, token_dtype
 from headless_megatron.data.sidecar import DatasetInfo, read_sidecar
@@ -37,6 +39,7 @@ from headless_megatron.data.workers import Batch, TokenizerPool, cuts_keep_ids, 
 
 BATCH_TEXT_BYTES = 128 << 10  # small enough to balance a few MB over the workers
 BATCH_MAX_DOCUMENTS = 1024
+ENGINE_SAMPLE_DOCUMENTS = 256  # the corpus's first documents, on which a fast engine must give HF's ids
 # The Rust encoder holds about 150 bytes per character of what it is given at once: about 1.2 GB
 # per worker for a piece this long.
 MAX_PIECE_CHARACTERS = 8 << 20
@@ -54,6 +57,8 @@ class Summary:
     dtype: str
     seconds: float
     skipped: dict[str, int] = field(default_factory=dict)
+    engine: str = "hf"
+    """The tokenizer engine that ran (``data/engines.py``)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -65,7 +70,8 @@ class Summary:
         return (
             f"{self.dataset_prefix}: {self.documents} documents, {self.tokens} tokens ({self.dtype}), "
             f"{self.text_bytes / 1e6:.2f} MB of text in {self.seconds:.1f} s "
-            f"({self.tokens_per_second:,.0f} tokens/s, {self.text_bytes / 1e6 / max(self.seconds, 1e-9):.2f} MB/s); "
+            f"({self.tokens_per_second:,.0f} tokens/s, {self.text_bytes / 1e6 / max(self.seconds, 1e-9):.2f} MB/s, "
+            f"engine {self.engine}); "
             f"skipped {skipped}" + (f" ({reasons})" if skipped else "")
         )
 
@@ -135,9 +141,14 @@ def build_dataset(
     command: str | None = None,
     progress: bool = True,
     strict: bool = False,
+    engine: str = "auto",
+    parse_special_tokens: bool = False,
+    say: Callable[[str], None] = print,
 ) -> Summary:
     """Tokenize ``corpus`` into the dataset at ``paths``; written only if the whole run succeeds.
-    Records without the text field are skipped and counted, or refused when ``strict``."""
+    Records without the text field are skipped and counted, or refused when ``strict``. ``engine``
+    is ``--tokenizer-engine`` (``data/engines.py``): proven on the first documents before anything
+    is written; ``say`` receives the line of an ``auto`` fallback."""
     from tqdm import tqdm
 
     token_type = token_dtype(dtype, tokenizer.vocab_size)
@@ -145,8 +156,15 @@ def build_dataset(
         raise DataError(f"--workers {workers}: expected at least 1")
     skipped: Counter = Counter({reason: 0 for reason in SKIP_REASONS})
     usable = clean_documents(corpus, skipped, strict, in_pieces=cuts_keep_ids(tokenizer.encoder_json()))
+    sample = list(itertools.islice(usable, ENGINE_SAMPLE_DOCUMENTS))
+    choice = choose_engine(engine, tokenizer.encoder_json(), [text for text, _ in sample], parse_special_tokens,
+                           threads=workers)
+    if choice.fallback_note:
+        say(f"tokenizer engine: {choice.fallback_note}")
+    usable = itertools.chain(sample, usable)
     documents = tokens = text_bytes = 0
-    with AtomicDatasetWriter(paths, token_type) as writer, TokenizerPool(tokenizer, token_type, workers) as pool:
+    pool = TokenizerPool(tokenizer, token_type, workers, choice.name, parse_special_tokens)
+    with AtomicDatasetWriter(paths, token_type) as writer, pool:
         # Timed from here: entering the writer imports Megatron-Core and torch, a once-per-process
         # cost; starting the workers (on the first batch) is part of the work and is counted.
         start = time.perf_counter()
@@ -171,14 +189,15 @@ def build_dataset(
             tokens=tokens,
             dtype=token_type.__name__,
             text_key=paths.text_key,
-            tokenizer=_tokenizer_record(tokenizer, paths),
+            tokenizer={**_tokenizer_record(tokenizer, paths), "engine": choice.name,
+                       "parse_special_tokens": parse_special_tokens},
             source={"inputs": corpus.inputs, "shard": str(shard) if shard else None, "text_bytes": text_bytes,
                     "skipped": dict(skipped)},
             command=command,
         )
         writer.publish(tokenizer, info)
     return Summary(paths.dataset_prefix, documents, tokens, text_bytes, info.dtype, time.perf_counter() - start,
-                   dict(skipped))
+                   dict(skipped), choice.name)
 
 
 def shard_paths(paths: DatasetPaths, shard: Shard) -> DatasetPaths:

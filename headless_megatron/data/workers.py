@@ -105,49 +105,57 @@ def piece_bounds(text: str, budget: int = PIECE_CHARACTERS) -> Iterator[tuple[in
     yield start, len(text)
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a process needs to tokenize: the tokenizer's JSON, the end-of-document id, the dataset's
+    dtype and the engine (``data/engines.py``) with its options."""
+
+    encoder_json: str
+    eod: int
+    dtype_name: str
+    engine: str = "hf"
+    parse_special_tokens: bool = False
+    threads: int = 1
+
+
 class BatchEncoder:
     """Documents -> ids with the end-of-document id appended, as the dataset stores them."""
 
-    def __init__(self, encoder_json: str, eod: int, dtype_name: str) -> None:
-        import tokenizers
+    def __init__(self, spec: EncoderSpec) -> None:
+        from headless_megatron.data.engines import build_engine
 
-        self._encoder = tokenizers.Tokenizer.from_str(encoder_json)
-        self._encoder.encode_special_tokens = True  # a runtime flag, not in the JSON; see tokenizer.py
-        self._in_pieces = cuts_keep_ids(encoder_json)
-        self._eod = eod
-        self._dtype = np.dtype(dtype_name)
+        self._engine = build_engine(spec.engine, spec.encoder_json, spec.parse_special_tokens, spec.threads)
+        self._in_pieces = cuts_keep_ids(spec.encoder_json)
+        self._eod = spec.eod
+        self._dtype = np.dtype(spec.dtype_name)
 
     def __call__(self, texts: list[str]) -> TokenizedBatch:
-        parts: list[np.ndarray] = []
-        lengths = np.empty(len(texts), dtype=np.int64)
-        end_of_document = self._fitting([self._eod])
-        for number, text in enumerate(texts):
-            bounds = piece_bounds(text) if self._in_pieces else [(0, len(text))]
-            # Each piece becomes an array of the dataset's dtype at once: a list of Python ints
-            # would take 36 bytes per token, 18 times what a uint16 takes.
-            document = [self._fitting(self._encoder.encode(text[start:end], add_special_tokens=False).ids)
-                        for start, end in bounds]
-            parts.extend(document)
-            parts.append(end_of_document)
-            lengths[number] = sum(map(len, document)) + 1
-        tokens = np.concatenate(parts) if parts else np.empty(0, dtype=self._dtype)
-        return TokenizedBatch(tokens, lengths)
+        if not texts:
+            return TokenizedBatch(np.empty(0, dtype=self._dtype), np.empty(0, dtype=np.int64))
+        bounds = [list(piece_bounds(text)) if self._in_pieces else [(0, len(text))] for text in texts]
+        pieces = [text[start:end] for text, cuts in zip(texts, bounds, strict=True) for start, end in cuts]
+        # In the dataset's dtype at once: a list of Python ints would take 36 bytes per token.
+        ids, piece_lengths = self._engine.encode(pieces)
+        pieces_per_document = np.array([len(cuts) for cuts in bounds])
+        lengths = np.add.reduceat(piece_lengths, np.cumsum(pieces_per_document) - pieces_per_document)
+        end_of_document = self._fitting(np.array([self._eod]))
+        tokens = np.insert(self._fitting(ids), np.cumsum(lengths), end_of_document)  # each document, then its EOD
+        return TokenizedBatch(tokens, lengths + 1)
 
-    def _fitting(self, ids: list[int]) -> np.ndarray:
+    def _fitting(self, ids: np.ndarray) -> np.ndarray:
         """``ids`` in the dataset's dtype. token_dtype() sized it from the vocabulary; a tokenizer
         whose ids exceed its own vocabulary size must still never be written truncated."""
-        array = np.array(ids, dtype=np.int64)
-        if array.size and array.max() > np.iinfo(self._dtype).max:
-            raise DataError(f"the tokenizer produced id {array.max()}, which does not fit --dtype {self._dtype.name}")
-        return array.astype(self._dtype)
+        if ids.size and int(ids.max()) > np.iinfo(self._dtype).max:
+            raise DataError(f"the tokenizer produced id {ids.max()}, which does not fit --dtype {self._dtype.name}")
+        return ids.astype(self._dtype, copy=False)
 
 
 _worker_encoder: BatchEncoder | None = None
 
 
-def _start_worker(encoder_json: str, eod: int, dtype_name: str) -> None:
+def _start_worker(spec: EncoderSpec) -> None:
     global _worker_encoder
-    _worker_encoder = BatchEncoder(encoder_json, eod, dtype_name)
+    _worker_encoder = BatchEncoder(spec)
 
 
 def _encode_in_worker(texts: list[str]) -> TokenizedBatch:
@@ -155,25 +163,29 @@ def _encode_in_worker(texts: list[str]) -> TokenizedBatch:
 
 
 class TokenizerPool:
-    """Ordered, bounded tokenization of batches with ``workers`` processes (see the module docstring)."""
+    """Ordered, bounded tokenization of batches on ``workers`` cores (see the module docstring): HF
+    ``tokenizers`` in ``workers`` processes, a compiled engine in this process on ``workers`` of its
+    own threads (it releases the GIL; processes would only add the cost of sending the texts)."""
 
-    def __init__(self, tokenizer: Tokenizer, dtype, workers: int = 1) -> None:
+    def __init__(self, tokenizer: Tokenizer, dtype, workers: int = 1, engine: str = "hf",
+                 parse_special_tokens: bool = False) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
-        self._arguments = (tokenizer.encoder_json(), tokenizer.eod, np.dtype(dtype).name)
+        self._spec = EncoderSpec(tokenizer.encoder_json(), tokenizer.eod, np.dtype(dtype).name, engine,
+                                 parse_special_tokens, threads=workers)
         self._executor: ProcessPoolExecutor | None = None
         self._encoder: BatchEncoder | None = None
 
     def __enter__(self) -> TokenizerPool:
-        if self.workers == 1:
-            self._encoder = BatchEncoder(*self._arguments)
+        if self.workers == 1 or self._spec.engine != "hf":
+            self._encoder = BatchEncoder(self._spec)
         else:
             self._executor = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=self._arguments,
+                initargs=(self._spec,),
             )
         return self
 
