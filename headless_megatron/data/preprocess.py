@@ -2,7 +2,10 @@
 
 ``build_dataset`` streams the corpus in batches of about ``BATCH_TEXT_BYTES`` through a
 ``TokenizerPool`` into an ``AtomicDatasetWriter``: the main process reads and writes, the workers
-tokenize, and nothing holds more than a few batches, so memory does not grow with the corpus.
+(processes for HF ``tokenizers``, threads of a compiled engine) tokenize, and nothing holds more
+than a few batches, so memory does not grow with the corpus. The engine (``data/engines.py``) is
+chosen and proven on the corpus's first ``ENGINE_SAMPLE_DOCUMENTS`` documents before anything is
+written.
 
 Documents that cannot be used are skipped and counted, never silently dropped: ``empty`` (empty or
 whitespace-only, or a missing value) and ``invalid_utf8`` (text that is not valid Unicode, such as a

@@ -24,7 +24,8 @@ Sources ``load_tokenizer`` accepts:
 
 Text is tokenized with special-token strings treated as plain text: a document that contains the
 characters ``<|endoftext|>`` gets ordinary ids for them, never the real end-of-document id, so the
-only ``eod`` in a dataset is the one preprocessing appends. Truncation and padding settings that some
+only ``eod`` in a dataset is the one preprocessing appends (``preprocess --parse-special-tokens``
+gives Megatron-LM's ids instead, where such a string is its token). Truncation and padding settings that some
 Hub tokenizers bake into their ``tokenizer.json`` are switched off: a document is never cut.
 """
 
