@@ -200,17 +200,35 @@ def _special_pieces_unreachable(encoder_json: str) -> str:
 
 
 def _from_directory(path: Path, spec: str) -> PreTrainedTokenizerFast:
-    from transformers import AutoTokenizer
-
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise DataError(
             f"tokenizer {spec}: the directory has no tokenizer.json, tokenizer_config.json or tokenizer.model"
         )
     try:
-        hf = AutoTokenizer.from_pretrained(str(path))
+        hf = _tokenizer_class(path).from_pretrained(str(path))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"tokenizer {spec}: transformers could not load it: {first_line(exc)}") from exc
     return _require_fast(hf, spec)
+
+
+def _tokenizer_class(path: Path):
+    """The class ``AutoTokenizer`` would load the directory ``path`` with: ``PreTrainedTokenizerFast``
+    itself for a tokenizer directory that names it and holds no model config (what ``save`` writes:
+    preprocessing's ``P_tokenizer/``), without ``AutoTokenizer``'s 2 s import of the model classes
+    and torch; ``AutoTokenizer`` for the rest (a model directory's ``model_type`` decides)."""
+    config = path / "tokenizer_config.json"
+    if not (path / "config.json").exists() and config.is_file() and (path / "tokenizer.json").is_file():
+        try:
+            named = json.loads(config.read_text()).get("tokenizer_class")
+        except (OSError, ValueError):
+            named = None
+        if named == "PreTrainedTokenizerFast":
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
 
 
 def _from_tokenizer_json(path: Path) -> PreTrainedTokenizerFast:
