@@ -19,7 +19,7 @@ TARGETS = {
         "each layer fusion (activation, bias-dropout-add, norms, CE, torch.compile) vs the unfused path",
     ),
     "loss": ("headless_megatron.benchmarks.loss", "CWT loss vs output projection + cross-entropy"),
-    "preprocess": ("headless_megatron.benchmarks.preprocess", "the tokenizer engines' throughput, start-up and memory, 1 vs N workers"),
+    "preprocess": ("headless_megatron.benchmarks.preprocess", "tokenizer engines: speed, start-up, memory"),
     "train": ("headless_megatron.benchmarks.train", "training iterations of several configs side by side"),
     "checkpoint": (
         "headless_megatron.benchmarks.checkpoint",
