@@ -25,7 +25,7 @@ def test_one_table_of_engines_and_workers_on_the_same_corpus(capsys):
     assert [row["tokenize x"] for row in rows[:2]] == [row["process x"] for row in rows[:2]] == ["1.00x", "1.00x"]
     for row in rows:
         process, start_up, tokenize = (float(row[key]) for key in ("process s", "start-up s", "tokenize s"))
-        assert 0 < start_up < process and abs(process - start_up - tokenize) < 0.02
+        assert 0 < start_up <= process and abs(process - start_up - tokenize) < 0.02  # 0.5 MB: tokenize ~0.00 s
         assert float(row["MB/s"]) > 0 and int(row["peak RSS MiB"].replace(",", "")) > 50
         assert float(row["tokenize x"].removesuffix("x")) > 0
 
