@@ -231,6 +231,26 @@ def gated_fc1_mapping(megatron: str, gate: str, up: str) -> TensorMapping:
     return TensorMapping(megatron, (gate, up), split_gated_fc1, lambda tensors: merge_gated_fc1(*tensors))
 
 
+def gelu_mlp_settings_missing(config: TrainConfig) -> list[str]:
+    """What keeps ``config`` from the block GPT-2 and BERT share (LayerNorm, a GELU MLP, learned
+    absolute positions, biases on every linear layer, multi-head attention over the whole width),
+    as ``key value``."""
+    unsupported = []
+    if config.normalization != "LayerNorm":
+        unsupported.append(f"normalization {config.normalization}")
+    if config.swiglu:
+        unsupported.append("swiglu true")
+    if config.position_embedding_type != "learned_absolute":
+        unsupported.append(f"position_embedding_type {config.position_embedding_type}")
+    if not config.add_bias_linear:
+        unsupported.append("add_bias_linear false")
+    if config.query_groups != config.num_attention_heads:
+        unsupported.append(f"num_query_groups {config.query_groups}")
+    if config.head_dim * config.num_attention_heads != config.hidden_size:
+        unsupported.append(f"kv_channels {config.kv_channels}")
+    return unsupported
+
+
 # ---- The contract of a model family ----
 
 

@@ -40,8 +40,19 @@ from typing import Any
 import torch
 
 from headless_megatron.config import TrainConfig
-from headless_megatron.models.bert.hf_megatron_bert import MegatronBertConversion, with_zero_token_type
-from headless_megatron.models.hf_mapping import LAYER, ConversionError, TensorMapping, qkv_mapping, vocab_rows_mapping
+from headless_megatron.models.bert.hf_megatron_bert import (
+    MegatronBertConversion,
+    encoder_values,
+    with_zero_token_type,
+)
+from headless_megatron.models.hf_mapping import (
+    LAYER,
+    ConversionError,
+    TensorMapping,
+    gelu_mlp_settings_missing,
+    qkv_mapping,
+    vocab_rows_mapping,
+)
 
 BERT_STYLE = ("post-LN with LayerNorm on the embeddings, learned absolute positions, token types, linear biases, "
               "exact GELU and multi-head attention")
@@ -57,21 +68,9 @@ def unsupported_settings(config: TrainConfig) -> list[str]:
     unsupported = []
     if config.transformer_block_type != "post_ln":
         unsupported.append(f"transformer_block_type {config.transformer_block_type}")
-    if config.normalization != "LayerNorm":
-        unsupported.append(f"normalization {config.normalization}")
-    if config.swiglu:
-        unsupported.append("swiglu true")
     if config.openai_gelu:
         unsupported.append("openai_gelu true")
-    if config.position_embedding_type != "learned_absolute":
-        unsupported.append(f"position_embedding_type {config.position_embedding_type}")
-    if not config.add_bias_linear:
-        unsupported.append("add_bias_linear false")
-    if config.query_groups != config.num_attention_heads:
-        unsupported.append(f"num_query_groups {config.query_groups}")
-    if config.head_dim * config.num_attention_heads != config.hidden_size:
-        unsupported.append(f"kv_channels {config.kv_channels}")
-    return unsupported
+    return unsupported + gelu_mlp_settings_missing(config)
 
 
 class BertConversion(MegatronBertConversion):
@@ -151,25 +150,8 @@ class BertConversion(MegatronBertConversion):
                 f"BERT with {', '.join(unsupported)} has no Megatron equivalent here (its encoders are {BERT_STYLE})"
             )
         masked_lm = any(name in (hf_config.architectures or ["BertForMaskedLM"]) for name in MASKED_LM_ARCHITECTURES)
-        return {
-            "model": "bert",
-            "transformer_block_type": "post_ln",
-            "num_tokentypes": hf_config.type_vocab_size,
-            "num_layers": hf_config.num_hidden_layers,
-            "hidden_size": hf_config.hidden_size,
-            "ffn_hidden_size": hf_config.intermediate_size,
-            "num_attention_heads": hf_config.num_attention_heads,
-            "seq_length": hf_config.max_position_embeddings,
-            "normalization": "LayerNorm",
-            "norm_epsilon": hf_config.layer_norm_eps,
-            "swiglu": False,
-            "position_embedding_type": "learned_absolute",
-            "add_bias_linear": True,
-            "untie_embeddings_and_output_weights": masked_lm and not hf_config.tie_word_embeddings,
-            "init_method_std": hf_config.initializer_range,
-            "vocab_size": hf_config.vocab_size,
-            "loss": "ce" if masked_lm else "cwt",
-        }
+        return {**encoder_values(hf_config, masked_lm), "transformer_block_type": "post_ln",
+                "num_tokentypes": hf_config.type_vocab_size}
 
 
 def _positions_without_token_types(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -46,7 +46,14 @@ from typing import Any
 import torch
 
 from headless_megatron.config import TrainConfig
-from headless_megatron.models.hf_mapping import LAYER, ConversionError, TensorMapping, qkv_mapping, vocab_rows_mapping
+from headless_megatron.models.hf_mapping import (
+    LAYER,
+    ConversionError,
+    TensorMapping,
+    gelu_mlp_settings_missing,
+    qkv_mapping,
+    vocab_rows_mapping,
+)
 
 BERT_STYLE = "LayerNorm, a GELU MLP, learned absolute positions, linear biases and multi-head attention"
 MASKED_LM = "MegatronBertForMaskedLM"
@@ -65,19 +72,7 @@ def unsupported_settings(config: TrainConfig) -> list[str]:
         unsupported.append(f"num_tokentypes {config.num_tokentypes}")
     if config.openai_gelu:
         unsupported.append("openai_gelu true")
-    if config.normalization != "LayerNorm":
-        unsupported.append(f"normalization {config.normalization}")
-    if config.swiglu:
-        unsupported.append("swiglu true")
-    if config.position_embedding_type != "learned_absolute":
-        unsupported.append(f"position_embedding_type {config.position_embedding_type}")
-    if not config.add_bias_linear:
-        unsupported.append("add_bias_linear false")
-    if config.query_groups != config.num_attention_heads:
-        unsupported.append(f"num_query_groups {config.query_groups}")
-    if config.head_dim * config.num_attention_heads != config.hidden_size:
-        unsupported.append(f"kv_channels {config.kv_channels}")
-    return unsupported
+    return unsupported + gelu_mlp_settings_missing(config)
 
 
 class MegatronBertConversion:
@@ -233,24 +228,29 @@ class MegatronBertConversion:
                 f"MegatronBert with hidden_act {hf_config.hidden_act} has no Megatron equivalent here "
                 f"(encoders are {BERT_STYLE}, with exact GELU)"
             )
-        masked_lm = MASKED_LM in (hf_config.architectures or [MASKED_LM])
-        return {
-            "model": "bert",
-            "num_layers": hf_config.num_hidden_layers,
-            "hidden_size": hf_config.hidden_size,
-            "ffn_hidden_size": hf_config.intermediate_size,
-            "num_attention_heads": hf_config.num_attention_heads,
-            "seq_length": hf_config.max_position_embeddings,
-            "normalization": "LayerNorm",
-            "norm_epsilon": hf_config.layer_norm_eps,
-            "swiglu": False,
-            "position_embedding_type": "learned_absolute",
-            "add_bias_linear": True,
-            "untie_embeddings_and_output_weights": masked_lm and not hf_config.tie_word_embeddings,
-            "init_method_std": hf_config.initializer_range,
-            "vocab_size": hf_config.vocab_size,
-            "loss": "ce" if masked_lm else "cwt",
-        }
+        return encoder_values(hf_config, masked_lm=MASKED_LM in (hf_config.architectures or [MASKED_LM]))
+
+
+def encoder_values(hf_config, masked_lm: bool) -> dict[str, Any]:
+    """The architecture fields of an encoder that HF's BERT and MegatronBert configs give alike; one
+    without MLM head (``masked_lm`` false) becomes a headless encoder."""
+    return {
+        "model": "bert",
+        "num_layers": hf_config.num_hidden_layers,
+        "hidden_size": hf_config.hidden_size,
+        "ffn_hidden_size": hf_config.intermediate_size,
+        "num_attention_heads": hf_config.num_attention_heads,
+        "seq_length": hf_config.max_position_embeddings,
+        "normalization": "LayerNorm",
+        "norm_epsilon": hf_config.layer_norm_eps,
+        "swiglu": False,
+        "position_embedding_type": "learned_absolute",
+        "add_bias_linear": True,
+        "untie_embeddings_and_output_weights": masked_lm and not hf_config.tie_word_embeddings,
+        "init_method_std": hf_config.initializer_range,
+        "vocab_size": hf_config.vocab_size,
+        "loss": "ce" if masked_lm else "cwt",
+    }
 
 
 def with_zero_token_type(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

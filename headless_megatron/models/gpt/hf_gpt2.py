@@ -41,6 +41,7 @@ from headless_megatron.models.hf_mapping import (
     LAYER,
     ConversionError,
     TensorMapping,
+    gelu_mlp_settings_missing,
     merge_qkv,
     split_qkv,
     vocab_rows_mapping,
@@ -84,20 +85,7 @@ def c_attn_mapping(megatron: str, hf: str, num_heads: int, head_dim: int, weight
 
 def unsupported_settings(config: TrainConfig) -> list[str]:
     """The settings of ``config`` that ``GPT2LMHeadModel`` cannot represent, as ``key value``."""
-    unsupported = []
-    if config.normalization != "LayerNorm":
-        unsupported.append(f"normalization {config.normalization}")
-    if config.swiglu:
-        unsupported.append("swiglu true")
-    if config.position_embedding_type != "learned_absolute":
-        unsupported.append(f"position_embedding_type {config.position_embedding_type}")
-    if not config.add_bias_linear:
-        unsupported.append("add_bias_linear false")
-    if config.query_groups != config.num_attention_heads:
-        unsupported.append(f"num_query_groups {config.query_groups}")
-    if config.head_dim * config.num_attention_heads != config.hidden_size:
-        unsupported.append(f"kv_channels {config.kv_channels}")
-    return unsupported
+    return gelu_mlp_settings_missing(config)
 
 
 class GPT2Conversion(LlamaConversion):
@@ -105,22 +93,12 @@ class GPT2Conversion(LlamaConversion):
 
     hf_architecture = "GPT2LMHeadModel"
     hf_model_type = "gpt2"
+    family_style = "GPT-2-style"
     style = GPT2_STYLE
 
     @classmethod
     def cannot_represent(cls, config: TrainConfig) -> list[str]:
         return unsupported_settings(config)
-
-    def __init__(self, config: TrainConfig, vocab_size: int):
-        unsupported = self.cannot_represent(config)
-        if unsupported:
-            raise ConversionError(
-                f"{self.hf_architecture} cannot represent {', '.join(unsupported)}: it holds GPT-2-style decoders "
-                f"({GPT2_STYLE})"
-            )
-        self.config = config
-        self.vocab_size = vocab_size
-        self.padded_vocab_size = config.padded_vocab_size(vocab_size)
 
     def mappings(self, mode: str) -> list[TensorMapping]:
         heads, head_dim = self.config.num_attention_heads, self.config.head_dim

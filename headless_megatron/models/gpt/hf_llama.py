@@ -80,6 +80,8 @@ class LlamaConversion:
     import_mode = "lm"
     qkv_bias = False
     """Whether the HF class has query/key/value biases (and no other)."""
+    family_style = "Llama-style"
+    """What the decoders the HF class holds are called, for refusals."""
     style = LLAMA_STYLE
     """What the HF class holds, for refusals."""
 
@@ -92,7 +94,7 @@ class LlamaConversion:
         unsupported = self.cannot_represent(config)
         if unsupported:
             raise ConversionError(
-                f"{self.hf_architecture} cannot represent {', '.join(unsupported)}: it holds Llama-style "
+                f"{self.hf_architecture} cannot represent {', '.join(unsupported)}: it holds {self.family_style} "
                 f"decoders ({self.style})"
             )
         self.config = config
