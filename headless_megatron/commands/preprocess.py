@@ -27,8 +27,8 @@ from pathlib import Path
 from headless_megatron.data.builtin import DESCRIPTIONS as BUILTIN_CORPORA
 from headless_megatron.data.engines import ENGINES
 from headless_megatron.data.errors import DataError
+from headless_megatron.data.file_reader import TXT_UNITS
 from headless_megatron.data.indexed import TOKEN_DTYPES
-from headless_megatron.data.sources import TXT_DOCUMENT_UNITS
 from headless_megatron.data.tokenizer_training import KINDS as TOKENIZER_KINDS
 
 EXIT_INTERRUPTED = 128 + 2  # what a shell reports for SIGINT
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--streaming", action="store_true",
                         help="read record by record without the datasets cache (very large corpora; --shard then "
                              "splits by input files)")
-    source.add_argument("--txt-document", choices=list(TXT_DOCUMENT_UNITS), default="line",
+    source.add_argument("--txt-document", choices=TXT_UNITS, default="line",
                         help=".txt inputs: one document per line (default), paragraph or file")
     source.add_argument("--cache-dir", help="datasets cache directory (default: the Hugging Face default)")
     tokenizer = parser.add_argument_group("tokenizer (one of --tokenizer and --train-tokenizer)")

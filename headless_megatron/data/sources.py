@@ -9,13 +9,17 @@ An input is one of:
   ``--txt-document``); each may be compressed (``.gz``, ``.bz2``, ``.xz``, ``.zst``);
 - a Hugging Face Hub dataset name, with ``--dataset-config`` and ``--split``.
 
-Files and Hub datasets are read by Hugging Face ``datasets``: by default through its Arrow cache
-(memory-mapped, so the corpus is never held in RAM, and its size is known for the ETA), or, with
-``--streaming``, record by record without any cache (for corpora too large to copy).
+``.jsonl`` and ``.txt`` files are read line by line by ``data/file_reader.py``, which gives the
+records ``datasets`` gives without importing it (two seconds of start-up) or copying the corpus into
+its cache; without ``--streaming`` the files are counted first (their records, unparsed), for the
+ETA and ``--shard``. Other files and Hub datasets are read by Hugging Face ``datasets``: by default
+through its Arrow cache (memory-mapped, so the corpus is never held in RAM, and its size is known
+for the ETA), or, with ``--streaming``, record by record without any cache (for corpora too large to
+copy).
 
 ``--shard i/n`` keeps the ``i``-th of ``n`` contiguous parts, so that the shards' outputs merged in
 order are the single-run dataset, document for document. Parts are ranges of documents when the
-number of documents is known (built-in corpora, ``datasets`` without ``--streaming``: the same split
+number of documents is known (built-in corpora, files read without ``--streaming``: the same split
 as ``Dataset.shard(contiguous=True)``), and ranges of input files under ``--streaming``
 (``IterableDataset.shard``), where ``n`` can be at most the number of files.
 """
@@ -23,20 +27,21 @@ as ``Dataset.shard(contiguous=True)``), and ranges of input files under ``--stre
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from headless_megatron.data import builtin
+from headless_megatron.data import builtin, file_reader
 from headless_megatron.data.errors import DataError
 from headless_megatron.errors import first_line
 
 # File name endings -> the ``datasets`` builder that reads them.
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
-TXT_DOCUMENT_UNITS = {"line": "line", "paragraph": "paragraph", "file": "document"}  # ours -> datasets'
+READ_DIRECTLY = (".jsonl", ".txt")  # by data/file_reader.py, not datasets
 _READ_BATCH = 1024  # documents per Arrow batch read from ``datasets``
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
@@ -178,10 +183,47 @@ def _local_files(inputs: Sequence[str]) -> list[Path]:
 
 
 def _format_of(path: Path) -> str | None:
+    ending = _ending_of(path)
+    return FORMATS[ending] if ending else None
+
+
+def _ending_of(path: Path) -> str | None:
+    """The format's ending of ``path``'s name (``.jsonl`` for ``a.jsonl.gz``), if it has one."""
     name = path.name.lower()
     for compression in COMPRESSIONS:
         name = name.removesuffix(compression)
-    return next((builder for ending, builder in FORMATS.items() if name.endswith(ending)), None)
+    return next((ending for ending in FORMATS if name.endswith(ending)), None)
+
+
+def _direct_corpus(inputs: list[str], files: list[Path], description: str, text_key: str, streaming: bool,
+                   txt_document: str, shard: Shard | None) -> Corpus:
+    """``.jsonl`` or ``.txt`` files read by ``file_reader`` (see the module docstring)."""
+    if txt_document not in file_reader.TXT_UNITS:
+        raise DataError(f"--txt-document {txt_document}: expected one of {', '.join(file_reader.TXT_UNITS)}")
+    jsonl = _ending_of(files[0]) == ".jsonl"
+    if streaming:
+        if shard is not None and shard.count > len(files):
+            raise DataError(
+                f"--shard {shard}: with --streaming, shards are ranges of input files, and {description} "
+                f"has {len(files)}; use at most {len(files)} shards or drop --streaming"
+            )
+        first, last = shard.bounds(len(files)) if shard else (0, len(files))
+        part, skip, num_documents = files[first:last], 0, None
+    else:
+        try:
+            total = sum(file_reader.count_jsonl_records(path) if jsonl
+                        else file_reader.count_txt_documents(path, txt_document) for path in files)
+        except (OSError, ValueError) as exc:  # a corrupt archive, invalid UTF-8 in a .txt
+            raise _reading_error(exc, description, files) from exc
+        skip, end = shard.bounds(total) if shard else (0, total)
+        part, num_documents = files, end - skip
+
+    def iterate() -> Iterator[object]:
+        values = (file_reader.jsonl_values(part, text_key, description, skip) if jsonl
+                  else file_reader.txt_documents(part, txt_document, skip))
+        yield from itertools.islice(values, num_documents)
+
+    return Corpus(description, inputs, text_key, num_documents, iterate, files)
 
 
 def _files_corpus(
@@ -194,21 +236,18 @@ def _files_corpus(
     shard: Shard | None,
 ) -> Corpus:
     builder = _format_of(files[0])
-    options = {}
-    if builder == "text":
-        if text_key != "text":
-            raise DataError(f"--text-key {text_key}: .txt inputs have a single field, 'text'")
-        if txt_document not in TXT_DOCUMENT_UNITS:
-            raise DataError(f"--txt-document {txt_document}: expected one of {', '.join(TXT_DOCUMENT_UNITS)}")
-        options["sample_by"] = TXT_DOCUMENT_UNITS[txt_document]
+    if builder == "text" and text_key != "text":
+        raise DataError(f"--text-key {text_key}: .txt inputs have a single field, 'text'")
     if len(files) == 1 and len(inputs) == 1:
         description = inputs[0]
     else:
         description = f"{len(files)} {builder} files ({', '.join(inputs)})"
     if all(path.stat().st_size == 0 for path in files):  # datasets cannot even infer a schema from them
         raise DataError(f"--input {description}: no documents to write (the input is empty)")
+    if all(_ending_of(path) in READ_DIRECTLY for path in files):
+        return _direct_corpus(inputs, files, description, text_key, streaming, txt_document, shard)
     dataset = _load(description, builder, data_files=[str(path) for path in files], split="train",
-                    streaming=streaming, cache_dir=cache_dir, files=files, **options)
+                    streaming=streaming, cache_dir=cache_dir, files=files)
     return _dataset_corpus(dataset, description, inputs, text_key, shard, streaming, files)
 
 

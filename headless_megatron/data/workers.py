@@ -1,7 +1,8 @@
 """Tokenizing batches of documents, in this process or in a pool of worker processes.
 
 ``TokenizerPool(tokenizer, dtype, workers)`` turns batches of texts into token arrays, in order.
-With ``workers == 1`` it tokenizes in the calling process; with more, batches go to a
+A compiled engine, or HF ``tokenizers`` with ``workers == 1``, tokenizes in the calling process, on
+a thread beside the one reading the corpus; HF ``tokenizers`` with more workers sends batches to a
 ``ProcessPoolExecutor`` whose workers each build the tokenizer once (from its JSON, with the Rust
 ``tokenizers`` library only: this module imports neither ``transformers`` nor torch, so a worker
 starts in a fraction of a second). Each worker encodes one document at a time on one core, so
@@ -13,9 +14,9 @@ holds some 150 bytes per character of the text it is given (a 50 MB one-line doc
 so its memory is that of a piece, not of the document.
 
 Memory stays bounded whatever the corpus size: at most ``IN_FLIGHT_PER_WORKER * workers`` batches
-are submitted and not yet consumed (``Pool.imap`` would instead read the whole input ahead into its
-task queue). Workers are started with ``spawn``: forking a process whose reader threads
-(``datasets``, tqdm) or Rust thread pools are running can deadlock.
+(``READ_AHEAD_BATCHES`` in this process) are submitted and not yet consumed (``Pool.imap`` would
+instead read the whole input ahead into its task queue). Workers are started with ``spawn``: forking
+a process whose reader threads (``datasets``, tqdm) or Rust thread pools are running can deadlock.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import json
 import multiprocessing
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from headless_megatron.data.tokenizer import Tokenizer
 
 IN_FLIGHT_PER_WORKER = 4
+READ_AHEAD_BATCHES = 2  # in this process: one being encoded, one read ahead
 PIECE_CHARACTERS = 1 << 16  # ~10 MB in the Rust encoder, and long enough that the calls cost nothing
 
 # A cut goes before an ASCII whitespace character that follows a non-whitespace one. Python's \S
@@ -165,7 +167,9 @@ def _encode_in_worker(texts: list[str]) -> TokenizedBatch:
 class TokenizerPool:
     """Ordered, bounded tokenization of batches on ``workers`` cores (see the module docstring): HF
     ``tokenizers`` in ``workers`` processes, a compiled engine in this process on ``workers`` of its
-    own threads (it releases the GIL; processes would only add the cost of sending the texts)."""
+    own threads (it releases the GIL; processes would only add the cost of sending the texts). In
+    this process, the encoder runs on a thread of its own, so that reading the next batch (JSON
+    parsing holds the GIL) overlaps the encoding of this one."""
 
     def __init__(self, tokenizer: Tokenizer, dtype, workers: int = 1, engine: str = "hf",
                  parse_special_tokens: bool = False) -> None:
@@ -174,19 +178,21 @@ class TokenizerPool:
         self.workers = workers
         self._spec = EncoderSpec(tokenizer.encoder_json(), tokenizer.eod, np.dtype(dtype).name, engine,
                                  parse_special_tokens, threads=workers)
-        self._executor: ProcessPoolExecutor | None = None
-        self._encoder: BatchEncoder | None = None
+        self._executor: Executor | None = None
+        self._encode: Callable[[list[str]], TokenizedBatch] = _encode_in_worker
+        self._in_flight = IN_FLIGHT_PER_WORKER * workers
 
     def __enter__(self) -> TokenizerPool:
-        if self.workers == 1 or self._spec.engine != "hf":
-            self._encoder = BatchEncoder(self._spec)
-        else:
+        if self.workers > 1 and self._spec.engine == "hf":
             self._executor = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
                 initargs=(self._spec,),
             )
+        else:
+            self._encode, self._in_flight = BatchEncoder(self._spec), READ_AHEAD_BATCHES
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -197,17 +203,13 @@ class TokenizerPool:
 
     def map(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, TokenizedBatch]]:
         """Each batch with its tokens, in input order."""
-        if self._executor is None:
-            for batch in batches:
-                yield batch, self._encoder(batch.texts)
-            return
         in_flight: deque[tuple[Batch, Future]] = deque()
         try:
             for batch in batches:
-                if len(in_flight) >= IN_FLIGHT_PER_WORKER * self.workers:
+                if len(in_flight) >= self._in_flight:
                     done, future = in_flight.popleft()
                     yield done, future.result()
-                in_flight.append((batch, self._executor.submit(_encode_in_worker, batch.texts)))
+                in_flight.append((batch, self._executor.submit(self._encode, batch.texts)))
             while in_flight:
                 done, future = in_flight.popleft()
                 yield done, future.result()
