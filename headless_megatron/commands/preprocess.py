@@ -48,11 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--dataset-config", help="Hub dataset configuration (load_dataset's name)")
     source.add_argument("--split", default="train", help="Hub dataset split (default: train)")
     source.add_argument("--streaming", action="store_true",
-                        help="read record by record without the datasets cache (very large corpora; --shard then "
-                             "splits by input files)")
+                        help="read record by record without the datasets cache and without counting the records "
+                             "first (very large corpora; .jsonl and .txt never use the cache); --shard then splits "
+                             "by input files")
     source.add_argument("--txt-document", choices=TXT_UNITS, default="line",
                         help=".txt inputs: one document per line (default), paragraph or file")
-    source.add_argument("--cache-dir", help="datasets cache directory (default: the Hugging Face default)")
+    source.add_argument("--cache-dir", help="datasets cache directory (default: the Hugging Face default); not used "
+                        "by .jsonl and .txt, which are read directly")
     tokenizer = parser.add_argument_group("tokenizer (one of --tokenizer and --train-tokenizer)")
     tokenizer.add_argument("--tokenizer", metavar="NAME_OR_PATH",
                            help="Hugging Face tokenizer directory, tokenizer.json, sentencepiece .model or Hub name")

@@ -188,6 +188,9 @@ class EngineChoice:
 
     name: str
     fallback_note: str | None = None
+    engine: Engine | None = None
+    """The engine that passed the check, built for ``threads``: loading a tokenizer into an engine
+    takes a tenth of a second or more, so the run encodes with this one (``None`` for ``hf``)."""
 
 
 def choose_engine(requested: str, encoder_json: str, sample: Sequence[str], parse_special_tokens: bool = False,
@@ -205,14 +208,14 @@ def choose_engine(requested: str, encoder_json: str, sample: Sequence[str], pars
     notes = []
     for name in AUTO_ORDER if requested == "auto" else (requested,):
         try:
-            difference = first_difference(build_engine(name, encoder_json, parse_special_tokens, threads), reference,
-                                          texts, len(texts) - len(sample))
+            engine = build_engine(name, encoder_json, parse_special_tokens, threads)
         except EngineUnavailable as error:
             if requested != "auto":
                 raise DataError(f"--tokenizer-engine {requested}: {error}; use auto or hf") from error
             continue
+        difference = first_difference(engine, reference, texts, len(texts) - len(sample))
         if difference is None:
-            return EngineChoice(name, "; ".join(notes) or None)
+            return EngineChoice(name, "; ".join(notes) or None, engine)
         if requested != "auto":
             raise DataError(f"--tokenizer-engine {requested}: {difference}; use auto or hf")
         notes.append(difference)

@@ -158,15 +158,15 @@ def build_dataset(
     if workers < 1:
         raise DataError(f"--workers {workers}: expected at least 1")
     skipped: Counter = Counter({reason: 0 for reason in SKIP_REASONS})
-    usable = clean_documents(corpus, skipped, strict, in_pieces=cuts_keep_ids(tokenizer.encoder_json()))
+    encoder_json = tokenizer.encoder_json()
+    usable = clean_documents(corpus, skipped, strict, in_pieces=cuts_keep_ids(encoder_json))
     sample = list(itertools.islice(usable, ENGINE_SAMPLE_DOCUMENTS))
-    choice = choose_engine(engine, tokenizer.encoder_json(), [text for text, _ in sample], parse_special_tokens,
-                           threads=workers)
+    choice = choose_engine(engine, encoder_json, [text for text, _ in sample], parse_special_tokens, threads=workers)
     if choice.fallback_note:
         say(f"tokenizer engine: {choice.fallback_note}")
     usable = itertools.chain(sample, usable)
     documents = tokens = text_bytes = 0
-    pool = TokenizerPool(tokenizer, token_type, workers, choice.name, parse_special_tokens)
+    pool = TokenizerPool(tokenizer, token_type, workers, choice.name, parse_special_tokens, choice.engine)
     with AtomicDatasetWriter(paths, token_type) as writer, pool:
         # Timed from here: entering the writer imports Megatron-Core and torch, a once-per-process
         # cost; starting the workers (on the first batch) is part of the work and is counted.

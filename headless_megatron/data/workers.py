@@ -36,6 +36,7 @@ import numpy as np
 from headless_megatron.data.errors import DataError
 
 if TYPE_CHECKING:
+    from headless_megatron.data.engines import Engine
     from headless_megatron.data.tokenizer import Tokenizer
 
 IN_FLIGHT_PER_WORKER = 4
@@ -123,10 +124,11 @@ class EncoderSpec:
 class BatchEncoder:
     """Documents -> ids with the end-of-document id appended, as the dataset stores them."""
 
-    def __init__(self, spec: EncoderSpec) -> None:
+    def __init__(self, spec: EncoderSpec, engine: Engine | None = None) -> None:
+        """``engine``: ``spec``'s engine when it is already built (``EngineChoice.engine``)."""
         from headless_megatron.data.engines import build_engine
 
-        self._engine = build_engine(spec.engine, spec.encoder_json, spec.parse_special_tokens, spec.threads)
+        self._engine = engine or build_engine(spec.engine, spec.encoder_json, spec.parse_special_tokens, spec.threads)
         self._in_pieces = cuts_keep_ids(spec.encoder_json)
         self._eod = spec.eod
         self._dtype = np.dtype(spec.dtype_name)
@@ -172,7 +174,9 @@ class TokenizerPool:
     parsing holds the GIL) overlaps the encoding of this one."""
 
     def __init__(self, tokenizer: Tokenizer, dtype, workers: int = 1, engine: str = "hf",
-                 parse_special_tokens: bool = False) -> None:
+                 parse_special_tokens: bool = False, built_engine: Engine | None = None) -> None:
+        """``built_engine``: the engine ``engine`` already built for ``workers`` threads, to use in
+        this process instead of building another."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
@@ -181,6 +185,7 @@ class TokenizerPool:
         self._executor: Executor | None = None
         self._encode: Callable[[list[str]], TokenizedBatch] = _encode_in_worker
         self._in_flight = IN_FLIGHT_PER_WORKER * workers
+        self._built_engine = built_engine
 
     def __enter__(self) -> TokenizerPool:
         if self.workers > 1 and self._spec.engine == "hf":
@@ -191,7 +196,7 @@ class TokenizerPool:
                 initargs=(self._spec,),
             )
         else:
-            self._encode, self._in_flight = BatchEncoder(self._spec), READ_AHEAD_BATCHES
+            self._encode, self._in_flight = BatchEncoder(self._spec, self._built_engine), READ_AHEAD_BATCHES
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         return self
 
