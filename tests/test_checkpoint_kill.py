@@ -83,6 +83,52 @@ def test_a_rank_killed_while_saving_leaves_the_previous_checkpoint_which_the_res
     assert sorted(p.name for p in run.glob("iter_*")) == ["iter_0000005", "iter_0000010"]
 
 
+def _pretrain_killed_between_the_renames_of_a_save_again(argv, iteration):
+    """Pretrain; the process SIGKILLs itself in the publish of ``iteration`` when that iteration is
+    already published: after the old directory was moved aside, before the new one is renamed in."""
+    from headless_megatron import durable
+    from headless_megatron.training import run_directory
+
+    replace = durable.replace
+
+    def replace_or_die(source, target):
+        if Path(source).name == f"iter_{iteration:07d}.tmp" and run_directory.replaced_dir(Path(target).parent,
+                                                                                              iteration).exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        replace(source, target)
+
+    durable.replace = replace_or_die
+    pretrain(parse_config(argv))
+
+
+def test_a_kill_while_an_iteration_is_saved_again_is_resumed_with_the_fallback_flag(dataset, tmp_path):
+    """Iteration 10's checkpoint is damaged; the run falls back to 5 and saves 10 again, and dies
+    between moving the damaged 10 aside and renaming the new one in. The tracker then names a missing
+    directory: refused without the flag, resumed from 5 with it, and the run ends as an
+    uninterrupted one."""
+    run = tmp_path / "run"
+    common = ("--save", str(run), "--load", str(run), "--save-interval", "5")
+    train(1, dataset, *common, iters=10)
+    shard = max((run / "iter_0000010").glob("*.distcp"), key=lambda path: path.stat().st_size)
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    argv = ["--config", TINY, "--data-path", dataset, "--train-iters", "10", "--lr-warmup-iters", "2",
+            "--eval-iters", "0", "--num-workers", "0", *common, "--load-fallback"]
+    with pytest.raises(RankFailure, match="rank 0 died with exit code -9"):
+        run_on_ranks(_pretrain_killed_between_the_renames_of_a_save_again, 1, args=(argv, 10))
+    assert (run / "latest_checkpointed_iteration.txt").read_text().strip() == "10"
+    assert sorted(p.name for p in run.glob("iter_*")) == ["iter_0000005", "iter_0000010.replaced",
+                                                           "iter_0000010.tmp"]
+    with pytest.raises(CheckpointError, match="iter_0000010 is missing; resume from the previous complete checkpoint "
+                                              "with --load-fallback"):
+        checkpoint_to_resume(run)
+
+    resumed = train(1, dataset, *common, "--load-fallback", iters=10)
+    uninterrupted = train(1, dataset, iters=10)
+    assert_losses_close(resumed.losses, uninterrupted.losses[5:], 1e-6, "resumed from 5 vs uninterrupted")
+    assert sorted(p.name for p in run.glob("iter_*")) == ["iter_0000005", "iter_0000010"]
+    assert checkpoint_to_resume(run) == (run / "iter_0000010", "")
+
+
 # slurmstepd signals every process of a job step (scancel --signal, --signal=USR1@120, and SIGTERM
 # on scancel, time limit or preemption): the ranks and every process they started.
 @pytest.mark.parametrize("name", ["SIGUSR1", "SIGTERM"])

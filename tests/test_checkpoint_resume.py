@@ -214,3 +214,20 @@ def test_a_shard_damaged_in_place_is_one_line_naming_the_checkpoint(saved_run, d
                                           r"read \(UnpicklingError\); resume from an earlier checkpoint") as error:
         start(dataset, run)
     assert "FrameSummary" not in str(error.value)
+
+
+@pytest.mark.parametrize("aside", ["complete", "damaged"])
+def test_a_crash_while_an_iteration_was_saved_again_is_named_and_the_fallback_flag_resumes(saved_run, dataset,
+                                                                                          tmp_path, aside):
+    """What ``publish`` leaves when killed between its two renames: the tracker names 20, whose
+    directory was moved aside and not yet replaced by the new save of 20. The fallback loads the copy
+    set aside when it is complete, else the previous checkpoint."""
+    run = copy_of(saved_run[0], tmp_path)
+    (run / "iter_0000020").rename(run / "iter_0000020.replaced")
+    if aside == "damaged":
+        truncate_largest_shard(run / "iter_0000020.replaced")
+    with pytest.raises(RankFailure, match=(
+            rf"CheckpointError: {run / TRACKER_FILE} names iteration 20, but {run / 'iter_0000020'} is missing; "
+            r"resume from the previous complete checkpoint with --load-fallback")):
+        start(dataset, run)
+    assert start(dataset, run, "--load-fallback")["iteration"] == (20 if aside == "complete" else 10)

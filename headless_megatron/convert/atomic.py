@@ -7,7 +7,8 @@
     with atomic_directory("hf/tiny", overwrite=True, replaceable=earlier_export) as staging: ...
 
 The files are written into a hidden scratch directory beside the output (same filesystem, so the
-final ``rename`` is atomic) and renamed into place only when the block succeeds. A failure removes
+final ``rename`` is atomic) and renamed into place only when the block succeeds, after they are
+synced to disk (``durable``). A failure removes
 the scratch directory and leaves any existing output untouched. An existing non-empty output is
 refused before any work, unless ``overwrite``, which swaps the new directory in and only then
 deletes the old one. ``overwrite`` replaces only what ``replaceable`` recognises as an earlier output
@@ -25,6 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from headless_megatron import durable
 from headless_megatron.convert import ConversionError
 from headless_megatron.errors import first_line
 
@@ -118,10 +120,11 @@ def _ordinary_permissions(staging: Path) -> None:
 
 
 def _publish(staging: Path, output: Path) -> None:
+    durable.sync_tree(staging)
     if not output.exists() or not any(output.iterdir()):
-        os.replace(staging, output)  # an empty directory is replaced atomically too
+        durable.replace(staging, output)  # an empty directory is replaced atomically too
         return
     replaced = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".replaced", dir=output.parent))
     os.replace(output, replaced)
-    os.replace(staging, output)
+    durable.replace(staging, output)
     shutil.rmtree(replaced, ignore_errors=True)

@@ -9,8 +9,8 @@ The files are written by :class:`~headless_megatron.data.index_writer.IndexWrite
 what Megatron-Core's ``IndexedDatasetBuilder`` writes (one entry per document, document boundaries
 in the index) without its 3 s import, so ``IndexedDataset``, ``GPTDataset`` and Megatron-LM's tools
 read them. Everything is first written to a scratch directory beside the outputs (same file system, so a
-rename is atomic) and moved into place only when complete: the old sidecar and index are removed
-first, then the tokenizer, ``.bin``, ``.idx`` are renamed in, and the sidecar last. An interrupted or
+rename is atomic) and moved into place only when complete and synced to disk (``durable``): the
+old sidecar and index are removed first, then the tokenizer, ``.bin``, ``.idx`` are renamed in, and the sidecar last. An interrupted or
 failed run therefore leaves either the previous complete dataset, or files without an index or
 without a sidecar, which nothing mistakes for a finished dataset; its scratch directory is removed.
 """
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from headless_megatron import durable
 from headless_megatron.data.errors import DataError
 from headless_megatron.data.index_writer import IndexWriter
 from headless_megatron.data.sidecar import DatasetInfo, sidecar_path, write_sidecar
@@ -128,11 +129,13 @@ class AtomicDatasetWriter:
         self._builder = None
         tokenizer.save(self._scratch / self.paths.tokenizer.name)
         write_sidecar(self._scratch / self.paths.sidecar.name, info)
+        durable.sync_tree(self._scratch)
         for stale in (self.paths.sidecar, self.paths.idx):
             stale.unlink(missing_ok=True)
         _replace_directory(self._scratch / self.paths.tokenizer.name, self.paths.tokenizer)
         for final in (self.paths.bin, self.paths.idx, self.paths.sidecar):
             os.replace(self._scratch / final.name, final)
+        durable.sync_directory(self.paths.sidecar.parent)
 
 
 def publish_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
@@ -142,7 +145,9 @@ def publish_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Pat
     scratch = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
     try:
         tokenizer.save(scratch / directory.name)
+        durable.sync_tree(scratch / directory.name)
         _replace_directory(scratch / directory.name, directory)
+        durable.sync_directory(directory.parent)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return directory

@@ -13,8 +13,8 @@ Layout, as in Megatron-LM::
     <save>/.headless-megatron.lock            held by the run that writes here (runtime/directory_lock.py)
 
 A checkpoint is written to ``iter_XXXXXXX.tmp/`` (:func:`staging_dir`); after every rank has
-finished writing, rank 0 publishes it (:func:`publish`): renames it into place and only then rewrites the
-tracker (itself through a temporary file and an atomic rename). A run killed while saving therefore
+finished writing, rank 0 publishes it (:func:`publish`): syncs it to disk, renames it into place and
+only then rewrites the tracker (itself through a temporary file, synced, and an atomic rename). A run killed while saving therefore
 leaves the previous checkpoint as the one that is loaded, and a half-written directory never looks
 complete.
 """
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headless_megatron import durable
 from headless_megatron.config import TrainConfig
 from headless_megatron.errors import UserError, first_line
 from headless_megatron.runtime.directory_lock import LOCK_FILE, DirectoryLock
@@ -79,24 +80,52 @@ def checkpoint_to_resume(root: str | Path, fallback: bool = False) -> tuple[Path
     """The checkpoint a run resumes from under ``root``, verified complete, and a note for the log
     ("" when it is simply the tracker's), or (None, "") when ``root`` holds no checkpoint.
 
-    An incomplete latest checkpoint (a shard missing or cut short) is an error naming the file,
-    unless ``fallback``: then the newest complete earlier one is used.
+    An incomplete latest checkpoint (a shard missing or cut short), or a tracker naming a missing
+    directory (a crash while its iteration was saved again, see :func:`publish`), is an error naming
+    the file, unless ``fallback``: then the newest complete earlier one is used (for the missing
+    directory, first the complete copy that was being replaced).
     """
-    latest = latest_checkpoint(root)
+    root = Path(root)
+    try:
+        latest = latest_checkpoint(root)
+    except CheckpointError as error:
+        missing = _tracked_but_missing(root)
+        if missing is None:
+            raise
+        if not fallback:
+            raise CheckpointError(f"{error}; resume from the previous complete checkpoint with --load-fallback") \
+                from None
+        return _newest_complete([replaced_dir(root, missing), *reversed(_published_before(root, missing))], str(error))
     if latest is None:
         return None, ""
-    tracked = (Path(root) / TRACKER_FILE).exists()
+    tracked = (root / TRACKER_FILE).exists()
     note = "" if tracked else f"no {TRACKER_FILE} in {root}: resuming from its newest complete checkpoint"
     problem = checkpoint_problem(latest)
     if problem is None:
         return latest, note
     if fallback or not tracked:
-        earlier = [p for p in published_iterations(root) if iteration_of(p) < iteration_of(latest)]
-        for candidate in reversed(earlier):
-            if checkpoint_problem(candidate) is None:
-                return candidate, note or f"{problem}; falling back to the previous complete checkpoint"
-        raise CheckpointError(f"{problem}, and no earlier checkpoint is complete")
+        found, fallback_note = _newest_complete(reversed(_published_before(root, iteration_of(latest))), problem)
+        return found, note or fallback_note
     raise CheckpointError(f"{problem}; resume from the previous complete checkpoint with --load-fallback")
+
+
+def _tracked_but_missing(root: Path) -> int | None:
+    """The iteration the tracker names when its directory is missing (a crash while an iteration was
+    saved again), else None."""
+    text = (root / TRACKER_FILE).read_text().strip() if (root / TRACKER_FILE).exists() else ""
+    return int(text) if text.isdigit() and not iteration_dir(root, int(text)).is_dir() else None
+
+
+def _published_before(root: Path, iteration: int) -> list[Path]:
+    return [path for path in published_iterations(root) if iteration_of(path) < iteration]
+
+
+def _newest_complete(candidates, problem: str) -> tuple[Path, str]:
+    """The first complete checkpoint of ``candidates`` (newest first), with the note saying why."""
+    for candidate in candidates:
+        if candidate.is_dir() and checkpoint_problem(candidate) is None:
+            return candidate, f"{problem}; falling back to the previous complete checkpoint {candidate.name}"
+    raise CheckpointError(f"{problem}, and no earlier checkpoint is complete")
 
 
 def published_iterations(root: str | Path) -> list[Path]:
@@ -190,17 +219,35 @@ def prepare_staging(root: str | Path, iteration: int) -> None:
     staging.mkdir(parents=True)
 
 
+def replaced_dir(root: str | Path, iteration: int) -> Path:
+    """Where a published checkpoint of ``iteration`` waits while a new save of the same iteration is
+    renamed into its place."""
+    return Path(root) / f"iter_{iteration:07d}.replaced"
+
+
 def publish(root: str | Path, iteration: int) -> Path:
-    """Rename the written staging directory of ``iteration`` into place, then point the tracker at
-    it; rank 0's job, once every rank has finished writing."""
-    final = iteration_dir(root, iteration)
-    if final.exists():  # saving the same iteration again (e.g. after a resume)
-        shutil.rmtree(final)
-    os.rename(staging_dir(root, iteration), final)
-    tracker = Path(root) / TRACKER_FILE
-    pending = tracker.with_name(tracker.name + ".tmp")
-    pending.write_text(f"{iteration}\n")
-    os.replace(pending, tracker)
+    """Make the written staging directory of ``iteration`` the latest checkpoint: synced to disk
+    (``durable``), renamed into place, and only then named by the tracker; rank 0's job, once every
+    rank has finished writing.
+
+    Saving an iteration that is already published (a run resumed and saved it again) moves the old
+    directory aside before renaming the new one in, and deletes it after: a crash between the two
+    renames leaves the tracker naming a missing directory and the old checkpoint complete beside it,
+    which ``checkpoint_to_resume`` with ``fallback`` loads. Aside directories of earlier saves are
+    removed once the tracker names a complete checkpoint again."""
+    root = Path(root)
+    final, staging = iteration_dir(root, iteration), staging_dir(root, iteration)
+    durable.sync_tree(staging)
+    if final.exists():
+        aside = replaced_dir(root, iteration)
+        shutil.rmtree(aside, ignore_errors=True)
+        durable.replace(final, aside)
+        durable.replace(staging, final)
+    else:
+        durable.replace(staging, final)
+    durable.write_text(root / TRACKER_FILE, f"{iteration}\n")
+    for aside in root.glob("iter_*.replaced"):
+        shutil.rmtree(aside, ignore_errors=True)
     return final
 
 
@@ -327,7 +374,5 @@ def wandb_run_id(directory: str | None, is_rank_zero: bool) -> str | None:
         import uuid
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        pending = path.with_name(path.name + ".tmp")
-        pending.write_text(uuid.uuid4().hex[:16] + "\n")
-        os.replace(pending, path)
+        durable.write_text(path, uuid.uuid4().hex[:16] + "\n")
     return path.read_text().strip()
