@@ -283,6 +283,12 @@ def test_replace_checks_the_new_values():
      "positions"),
     ({"override_opt_param_scheduler": True, "use_checkpoint_opt_param_scheduler": True}, 1,
      "override_opt_param_scheduler: and use_checkpoint_opt_param_scheduler contradict each other"),
+    ({"keep_checkpoint_interval": 100, "save": "runs/x"}, 1,
+     "keep_checkpoint_interval: only thins out checkpoints with keep_last_checkpoints"),
+    ({"keep_last_checkpoints": 2}, 1, "keep_last_checkpoints: needs save"),
+    ({"keep_last_checkpoints": 2, "keep_checkpoint_interval": 150, "save": "runs/x", "save_interval": 100}, 1,
+     "keep_checkpoint_interval: 150 is not a multiple of save_interval 100, so most of the checkpoints it would keep "
+     "are never saved; use a multiple of 100"),
 ])
 def test_inconsistent_values_name_the_key(overrides, world_size, message):
     config = tiny(**overrides)

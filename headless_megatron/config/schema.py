@@ -269,6 +269,13 @@ class TrainConfig(DerivedValues):
     save_interval: int | None = None
     """Save every this many iterations (and at the end of training, and on exit). None: only at
     the end and on exit."""
+    keep_last_checkpoints: int | None = None
+    """Keep only this many of the newest checkpoints in save: each older one is deleted once a newer
+    one is published, never the one latest_checkpointed_iteration.txt names nor one being written.
+    None: keep every checkpoint. (Megatron-LM keeps all; torchtitan's keep_latest_k.)"""
+    keep_checkpoint_interval: int | None = None
+    """With keep_last_checkpoints, also keep every checkpoint whose iteration is a multiple of this
+    (a multiple of save_interval), e.g. for evaluations after the run."""
     async_save: bool = False
     """Write checkpoints in the background while training goes on (Megatron-Core's async
     torch_dist strategy): the loop waits only while the state is staged. One write at a time (a

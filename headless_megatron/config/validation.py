@@ -131,12 +131,25 @@ def _validate_training(config: TrainConfig) -> None:
             "override_opt_param_scheduler", "and use_checkpoint_opt_param_scheduler contradict each other; "
             "keep the one that says which schedule a resumed run follows"
         )
+    _validate_retention(config)
     if config.finetune and config.load is None:
         fail(
             "finetune", "needs load (the checkpoint whose weights to start from); to start "
             "from another run's checkpoint set pretrained instead"
         )
     _validate_recompute(config)
+
+def _validate_retention(config: TrainConfig) -> None:
+    if config.keep_checkpoint_interval is not None and config.keep_last_checkpoints is None:
+        fail("keep_checkpoint_interval", "only thins out checkpoints with keep_last_checkpoints (without it every "
+             "checkpoint is kept); set --keep-last-checkpoints too")
+    if config.keep_last_checkpoints is not None and config.save is None:
+        fail("keep_last_checkpoints", "needs save (the directory whose checkpoints it deletes)")
+    interval, every = config.keep_checkpoint_interval, config.save_interval
+    if interval is not None and every is not None and interval % every:
+        fail("keep_checkpoint_interval", f"{interval} is not a multiple of save_interval {every}, so most of the "
+             f"checkpoints it would keep are never saved; use a multiple of {every}")
+
 
 def _validate_recompute(config: TrainConfig) -> None:
     granularity, method, count = (

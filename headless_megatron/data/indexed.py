@@ -8,11 +8,12 @@ tokenizer directory ``P_tokenizer/``.
 The files are written by :class:`~headless_megatron.data.index_writer.IndexWriter`, byte for byte
 what Megatron-Core's ``IndexedDatasetBuilder`` writes (one entry per document, document boundaries
 in the index) without its 3 s import, so ``IndexedDataset``, ``GPTDataset`` and Megatron-LM's tools
-read them. Everything is first written to a scratch directory beside the outputs (same file system, so a
-rename is atomic) and moved into place only when complete and synced to disk (``durable``): the
-old sidecar and index are removed first, then the tokenizer, ``.bin``, ``.idx`` are renamed in, and the sidecar last. An interrupted or
-failed run therefore leaves either the previous complete dataset, or files without an index or
-without a sidecar, which nothing mistakes for a finished dataset; its scratch directory is removed.
+read them. Everything is first written to a scratch directory beside the outputs (same file system,
+so a rename is atomic) and moved into place only when complete and synced to disk (``durable``):
+the old sidecar and index are removed first, then the tokenizer, ``.bin``, ``.idx`` are renamed in,
+and the sidecar last. An interrupted or failed run therefore leaves either the previous complete
+dataset, or files without an index or without a sidecar, which nothing mistakes for a finished
+dataset; its scratch directory is removed.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from headless_megatron.training.resume import DataIdentity, resume
 from headless_megatron.training.run_directory import (
     lock_run_directories,
     metrics_file,
+    prune_checkpoints,
     release_run_directories,
     wandb_run_id,
 )
@@ -289,9 +290,17 @@ class Trainer:
             self._published(self.background_saves.finish())
 
     def _published(self, path: Path | None) -> None:
-        if path is not None:
-            self.checkpoint = str(path)
-            self.logger.message(f"saved checkpoint {path}")
+        if path is None:
+            return
+        self.checkpoint = str(path)
+        self.logger.message(f"saved checkpoint {path}")
+        config = self.config
+        if config.keep_last_checkpoints and dist.get_rank() == 0:
+            removed = prune_checkpoints(config.save, config.keep_last_checkpoints, config.keep_checkpoint_interval)
+            if removed:
+                names = ", ".join(removed_path.name for removed_path in removed)
+                self.logger.message(f"removed {names} (keep_last_checkpoints {config.keep_last_checkpoints}, "
+                                    f"keep_checkpoint_interval {config.keep_checkpoint_interval})")
 
     def train_step(self, data) -> tuple[float, float | None, float]:
         """One optimizer step over a global batch; returns (mean loss, grad norm, FLOPs).
