@@ -86,7 +86,7 @@ _RANGES = {
             "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
             "micro_batch_size", "global_batch_size", "train_iters", "fp8_amax_history_len",
             "recompute_num_layers", "lr_decay_iters", "save_interval", "max_skipped_iters",
-            "keep_last_checkpoints", "keep_checkpoint_interval",
+            "keep_last_checkpoints", "keep_checkpoint_interval", "lr_wsd_decay_iters",
             "log_interval", "eval_interval", "exit_interval",
         ),
         (_is_positive, "a positive integer"),

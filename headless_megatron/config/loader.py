@@ -56,6 +56,7 @@ _MEGATRON_LM_SPELLINGS = {
     "train_samples": ("train_iters", None),
     "lr_warmup_samples": ("lr_warmup_iters", None),
     "lr_warmup_fraction": ("lr_warmup_iters", None),
+    "lr_wsd_decay_samples": ("lr_wsd_decay_iters", None),
 }
 
 

@@ -215,13 +215,22 @@ class TrainConfig(DerivedValues):
     """Peak learning rate, reached at the end of the warmup."""
     min_lr: float = 0.0
     """Learning rate at the end of the decay."""
-    lr_decay_style: Literal["constant", "linear", "cosine", "inverse-square-root"] = "linear"
-    """Decay after the warmup, from lr to min_lr over lr_decay_iters."""
+    lr_decay_style: Literal["constant", "linear", "cosine", "inverse-square-root", "WSD"] = "linear"
+    """Decay after the warmup, from lr to min_lr over lr_decay_iters. WSD (warmup-stable-decay):
+    lr held after the warmup, then decayed to min_lr over the last lr_wsd_decay_iters of
+    lr_decay_iters in lr_wsd_decay_style; one long run can be cooled down from several of its
+    stable-phase checkpoints (resume with a shorter train_iters, lr_decay_iters and
+    --override-opt-param-scheduler)."""
     lr_warmup_iters: int = 0
     """Iterations of linear warmup from 0 to lr."""
     lr_decay_iters: int | None = None
     """Iterations over which the learning rate decays (may exceed train_iters, to stop part-way).
     None: train_iters."""
+    lr_wsd_decay_iters: int | None = None
+    """With lr_decay_style WSD: iterations of the final decay, at the end of lr_decay_iters."""
+    lr_wsd_decay_style: Literal["exponential", "linear", "cosine", "minus_sqrt"] = "exponential"
+    """With lr_decay_style WSD: the shape of the final decay (Megatron-Core's; minus_sqrt is
+    1 - sqrt(progress))."""
     weight_decay: float = 0.01
     """Decoupled weight decay (not applied to biases and norm weights)."""
     adam_beta1: float = 0.9

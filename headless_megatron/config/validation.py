@@ -113,6 +113,15 @@ def _validate_training(config: TrainConfig) -> None:
             "lr_warmup_iters", f"{config.lr_warmup_iters} must be below lr_decay_iters "
             f"{config.decay_iters} (train_iters when unset), as Megatron's scheduler requires"
         )
+    if config.lr_decay_style == "WSD" and config.lr_wsd_decay_iters is None:
+        fail("lr_wsd_decay_iters", "required with lr_decay_style WSD: the iterations of the final decay, at the end "
+             "of lr_decay_iters (train_iters when unset)")
+    if config.lr_wsd_decay_iters is not None and config.lr_decay_style != "WSD":
+        fail("lr_wsd_decay_iters", f"applies to lr_decay_style WSD only, not {config.lr_decay_style}")
+    wsd_iters = config.lr_wsd_decay_iters
+    if wsd_iters is not None and wsd_iters > config.decay_iters - config.lr_warmup_iters:
+        fail("lr_wsd_decay_iters", f"{config.lr_wsd_decay_iters} does not fit after the {config.lr_warmup_iters} "
+             f"warmup iterations in lr_decay_iters {config.decay_iters} (train_iters when unset)")
     if config.min_lr > config.lr:
         fail("min_lr", f"{config.min_lr} is above lr {config.lr}")
     if config.overlap_param_gather and not (config.use_distributed_optimizer and config.overlap_grad_reduce):

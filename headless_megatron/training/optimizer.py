@@ -35,7 +35,8 @@ def build_optimizer(config: TrainConfig, model_chunks, params_dtype):
 
 def build_scheduler(config: TrainConfig, optimizer) -> OptimizerParamScheduler:
     """Warm-up from 0 to ``lr`` over ``lr_warmup_iters``, then ``lr_decay_style`` down to ``min_lr``
-    at ``lr_decay_iters`` (``train_iters`` when unset); constant weight decay."""
+    at ``lr_decay_iters`` (``train_iters`` when unset; with WSD, ``lr`` until the last
+    ``lr_wsd_decay_iters`` of them); constant weight decay."""
     return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,
@@ -48,4 +49,6 @@ def build_scheduler(config: TrainConfig, optimizer) -> OptimizerParamScheduler:
         end_wd=config.weight_decay,
         wd_incr_steps=config.train_iters,
         wd_incr_style="constant",
+        wsd_decay_steps=config.lr_wsd_decay_iters,
+        lr_wsd_decay_style=config.lr_wsd_decay_style,
     )

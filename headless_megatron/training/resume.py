@@ -34,7 +34,11 @@ from headless_megatron.training.run_directory import (
 SCHEDULE_KEYS = {
     "lr": "lr", "min_lr": "min_lr", "lr_warmup_iters": "lr_warmup_iters",
     "lr_decay_iters": "decay_iters", "lr_decay_style": "lr_decay_style", "weight_decay": "weight_decay",
+    "lr_wsd_decay_iters": "lr_wsd_decay_iters", "lr_wsd_decay_style": "lr_wsd_decay_style",
 }
+# Of those, the ones Megatron's scheduler does not save: the checkpoint's are set by hand when it
+# continues the checkpoint's schedule.
+UNSAVED_SCHEDULE_KEYS = {"lr_wsd_decay_iters": "wsd_decay_steps", "lr_wsd_decay_style": "lr_wsd_decay_style"}
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,8 @@ def _choose_schedule(config: TrainConfig, saved: TrainConfig, scheduler, say) ->
     if config.override_opt_param_scheduler:
         say(f"override_opt_param_scheduler: the schedule now follows {described}")
     elif config.use_checkpoint_opt_param_scheduler:
+        for key, attribute in UNSAVED_SCHEDULE_KEYS.items():
+            setattr(scheduler, attribute, getattr(saved, key))
         say(f"use_checkpoint_opt_param_scheduler: the checkpoint's schedule continues; ignored {described}")
     else:
         key, new, old = changed[0]
