@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from training_runs import train_printing
 
-from headless_megatron.training.run_directory import TRACKER_FILE, prune_checkpoints
+from headless_megatron.training.retention import prune_checkpoints
+from headless_megatron.training.run_directory import TRACKER_FILE
 
 
 def fake_run(root, iterations, tracked, writing=()):

@@ -16,7 +16,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "headless_megatron"
 
 LAYERS = [
-    {"errors", "quiet"},
+    {"errors", "quiet", "durable"},
     {"config"},
     {"runtime"},
     {"data"},

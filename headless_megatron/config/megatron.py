@@ -88,6 +88,7 @@ def transformer_config(config: TrainConfig, backend: str, *, on_gpu: bool | None
         hidden_dropout=config.hidden_dropout,
         attention_dropout=config.attention_dropout,
         init_method_std=config.init_method_std,
+        deterministic_mode=config.deterministic_mode,
         tensor_model_parallel_size=config.tensor_model_parallel_size,
         pipeline_model_parallel_size=config.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=config.virtual_pipeline_model_parallel_size,

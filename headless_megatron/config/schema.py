@@ -184,6 +184,11 @@ class TrainConfig(DerivedValues):
     seed: int = 1234
     """Seed of the initial weights, data order, dropout and masking. The initial weights depend on
     it alone, not on the parallel layout."""
+    deterministic_mode: bool = False
+    """Deterministic kernels and collectives, so that two runs of the same config on the same
+    hardware give bit-identical losses and checkpoints (runtime/determinism.py). On GPUs it costs
+    speed: attention keeps to SDPA's flash and math kernels (their backward is deterministic) and
+    cuDNN stops benchmarking; NCCL_ALGO defaults to Ring."""
     bf16: bool = False
     """bfloat16 weights and activations with fp32 master weights and gradient reduction."""
     fp16: bool = False

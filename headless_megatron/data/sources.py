@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import codecs
 import itertools
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,6 @@ FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "cs
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 READ_DIRECTLY = (".jsonl", ".txt")  # by data/file_reader.py, not datasets
 _READ_BATCH = 1024  # documents per Arrow batch read from ``datasets``
-_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 @dataclass(frozen=True)
@@ -340,10 +338,6 @@ def _reading_error(exc: BaseException, description: str, files: Sequence[Path]) 
         if located is not None:
             return DataError(f"--input {located[0]}: invalid UTF-8 at byte {located[1]}; convert the file to UTF-8")
         return DataError(f"--input {description}: invalid UTF-8 ({_reason(exc)}); convert the input to UTF-8")
-    if _is_arrow_error(exc):
-        located = _first_line_not_a_json_object(files)
-        if located is not None:
-            return DataError(f"--input {located[0]}: not JSON lines (one JSON object per line): {located[1]}")
     return DataError(f"--input {description}: reading failed: {_reason(exc)}")
 
 
@@ -357,32 +351,6 @@ def _is_reading_error(exc: Exception) -> bool:
     """Errors of ``datasets`` and pyarrow while reading records: bad input, not a bug of ours."""
     module = type(exc).__module__ or ""
     return module.startswith(("datasets", "pyarrow", "json", "pandas")) or isinstance(exc, (OSError, ValueError))
-
-
-def _is_arrow_error(exc: BaseException) -> bool:
-    """pyarrow's parser failed (a JSON parse error among others), maybe wrapped by ``datasets``."""
-    return any(type(error).__module__.startswith("pyarrow") for error in (exc, exc.__cause__) if error is not None)
-
-
-def _first_line_not_a_json_object(files: Sequence[Path]) -> tuple[Path, str] | None:
-    """The first uncompressed ``.jsonl`` file with a line that is not a JSON object, and where; only
-    read on error (a ``.json`` file may also be one JSON document over many lines)."""
-    for path in files:
-        if not path.name.lower().endswith(".jsonl"):
-            continue
-        with open(path, "rb") as stream:
-            for number, line in enumerate(stream, start=1):
-                if not line.strip():  # pyarrow skips blank lines
-                    continue
-                try:
-                    value = json.loads(line.decode("utf-8-sig"))  # datasets also reads a file that starts with a BOM
-                except UnicodeDecodeError:
-                    return path, f"line {number} is not UTF-8 text"
-                except json.JSONDecodeError as exc:
-                    return path, f"line {number}, column {exc.colno}: {exc.msg}"
-                if not isinstance(value, dict):
-                    return path, f"line {number} is a JSON {_JSON_TYPES[type(value)]}, not an object"
-    return None
 
 
 def _first_invalid_utf8(files: Sequence[Path]) -> tuple[Path, int] | None:

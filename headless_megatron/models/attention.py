@@ -20,6 +20,8 @@ offsets); the layer specs keep ``DotProductAttention`` for those.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from megatron.core import tensor_parallel
@@ -70,13 +72,25 @@ class SDPAttention(DotProductAttention):
                 enable_gqa=self.num_attention_heads_per_partition != self.num_query_groups_per_partition,
             )
 
-        if dropout and not self.config.sequence_parallel:
-            with tensor_parallel.get_cuda_rng_tracker().fork():
+        kernels = _deterministic_kernels() if self.config.deterministic_mode and query.is_cuda \
+            else contextlib.nullcontext()
+        with kernels:
+            if dropout and not self.config.sequence_parallel:
+                with tensor_parallel.get_cuda_rng_tracker().fork():
+                    context = attend()
+            else:
                 context = attend()
-        else:
-            context = attend()
         # [b, n, s, d] -> [s, b, n * d]
         return context.permute(2, 0, 1, 3).reshape(context.size(2), context.size(0), self.hidden_size_per_partition)
+
+
+def _deterministic_kernels():
+    """SDPA restricted to the kernels whose backward is deterministic on GPUs: flash (torch runs
+    its deterministic backward under ``torch.use_deterministic_algorithms``) and math; the
+    memory-efficient and cuDNN kernels' backward accumulate with atomics."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
 
 def _attend_allowed(megatron_mask: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import random
 import socket
 import subprocess
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -69,7 +71,7 @@ def init_distributed(
 ) -> torch.device:
     """Start the process group (NCCL on GPU, gloo on CPU) and Megatron's parallel state.
 
-    ``layout`` defaults to one rank per model copy (no model parallelism). Also seeds torch and
+    ``layout`` defaults to one rank per model copy (no model parallelism). Also seeds Python, NumPy, torch and
     Megatron's model-parallel RNG tracker. Returns this rank's device. Idempotent for the process
     group; the parallel state is rebuilt if it already exists.
     """
@@ -106,6 +108,10 @@ def init_distributed(
         virtual_pipeline_model_parallel_size=layout.virtual_pipeline_model_parallel_size,
         distributed_timeout_minutes=timeout_minutes,
     )
+    # Python's and NumPy's generators too, as Megatron-LM seeds them: their states are saved with
+    # every checkpoint, and two runs of one config must save the same bytes.
+    random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return device

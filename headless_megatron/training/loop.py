@@ -38,6 +38,7 @@ from headless_megatron.data.gpt_dataset import (
 )
 from headless_megatron.models.family import ModelFamily
 from headless_megatron.models.registry import build_model_stage, family_of, validate_config
+from headless_megatron.runtime.determinism import use_deterministic_algorithms
 from headless_megatron.runtime.distributed import init_distributed, naming_lost_ranks, on_rank_zero_for_all
 from headless_megatron.runtime.launch import launch_world_size
 from headless_megatron.training.async_save import BackgroundSaves
@@ -50,10 +51,10 @@ from headless_megatron.training.metrics import (
 )
 from headless_megatron.training.optimizer import build_optimizer, build_scheduler
 from headless_megatron.training.resume import DataIdentity, resume
+from headless_megatron.training.retention import apply_retention
 from headless_megatron.training.run_directory import (
     lock_run_directories,
     metrics_file,
-    prune_checkpoints,
     release_run_directories,
     wandb_run_id,
 )
@@ -85,6 +86,8 @@ def start_trainer(config: TrainConfig) -> Trainer:
     """
     kill_helpers_at_exit()
     validate_config(config, launch_world_size())
+    if config.deterministic_mode:
+        use_deterministic_algorithms()
     device = init_distributed(config.layout, seed=config.seed, timeout_minutes=config.distributed_timeout_minutes)
     with naming_lost_ranks():
         return Trainer(config, device)
@@ -294,13 +297,7 @@ class Trainer:
             return
         self.checkpoint = str(path)
         self.logger.message(f"saved checkpoint {path}")
-        config = self.config
-        if config.keep_last_checkpoints and dist.get_rank() == 0:
-            removed = prune_checkpoints(config.save, config.keep_last_checkpoints, config.keep_checkpoint_interval)
-            if removed:
-                names = ", ".join(removed_path.name for removed_path in removed)
-                self.logger.message(f"removed {names} (keep_last_checkpoints {config.keep_last_checkpoints}, "
-                                    f"keep_checkpoint_interval {config.keep_checkpoint_interval})")
+        apply_retention(self.config, self.logger.message)
 
     def train_step(self, data) -> tuple[float, float | None, float]:
         """One optimizer step over a global batch; returns (mean loss, grad norm, FLOPs).

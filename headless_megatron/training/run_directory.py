@@ -17,7 +17,7 @@ finished writing, rank 0 publishes it (:func:`publish`): syncs it to disk, renam
 and only then rewrites the tracker (itself through a temporary file, synced, and an atomic rename).
 A run killed while saving therefore leaves the previous checkpoint as the one that is loaded, and a
 half-written directory never looks complete. With ``keep_last_checkpoints``, rank 0 then deletes the
-checkpoints that retention does not keep (:func:`prune_checkpoints`).
+checkpoints that retention does not keep (:mod:`~headless_megatron.training.retention`).
 """
 
 from __future__ import annotations
@@ -250,35 +250,6 @@ def publish(root: str | Path, iteration: int) -> Path:
     for aside in root.glob("iter_*.replaced"):
         shutil.rmtree(aside, ignore_errors=True)
     return final
-
-
-def prune_checkpoints(root: str | Path, keep_last: int, keep_interval: int | None = None) -> list[Path]:
-    """Delete the published checkpoints of ``root`` that retention does not keep, and return them.
-
-    Kept: the ``keep_last`` newest, those whose iteration is a multiple of ``keep_interval``, the
-    one the tracker names and any newer than it (a run resumed from an earlier checkpoint must not
-    delete what it has not replaced yet). Staging directories (a checkpoint being written) are never
-    touched. Each deleted directory is first renamed out of the published names, so a crash while
-    deleting leaves nothing that looks like a checkpoint; leftovers of such a crash go next time.
-    Rank 0's job, after a publish."""
-    root = Path(root)
-    for leftover in root.glob("iter_*.deleting"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    latest = latest_checkpoint(root)
-    if latest is None:
-        return []
-    published = published_iterations(root)
-    kept = set(published[-keep_last:]) | {latest}
-    doomed = [
-        path for path in published
-        if path not in kept and iteration_of(path) < iteration_of(latest)
-        and not (keep_interval and iteration_of(path) % keep_interval == 0)
-    ]
-    for path in doomed:
-        deleting = path.with_name(path.name + ".deleting")
-        os.replace(path, deleting)
-        shutil.rmtree(deleting)
-    return doomed
 
 
 def abandon_save(error: BaseException, root: str | Path, iteration: int, remove_staging: bool,
