@@ -160,7 +160,7 @@ def test_logger_writes_one_record_per_log_interval_on_rank_zero(tmp_path, capsys
     logger = MetricsLogger(config, str(tmp_path), 0, rank_zero=True, world_size=2)
     for iteration in range(1, 5):
         logger.train(iteration, loss=5.0 - iteration, lr=1e-3, grad_norm=0.5, seconds=0.5, flops=1e12,
-                     consumed_samples=iteration * 16)
+                     consumed_samples=iteration * 16, tokens=config.tokens_per_iteration)
     logger.validation(4, 0.9)
     logger.close()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -174,5 +174,5 @@ def test_logger_writes_one_record_per_log_interval_on_rank_zero(tmp_path, capsys
     assert "iteration       2/4 | loss 3.0000" in out and "val loss 0.9000" in out
 
     silent = MetricsLogger(config, str(tmp_path / "other"), 0, rank_zero=False, world_size=2)
-    silent.train(2, 1.0, 1e-3, 0.5, 0.5, 1e12, 32)
+    silent.train(2, 1.0, 1e-3, 0.5, 0.5, 1e12, 32, config.tokens_per_iteration)
     assert not (tmp_path / "other").exists()

@@ -109,7 +109,7 @@ def test_family_flops_equal_the_former_count(recipe):
     assert transformer_flops_per_token(config) == _flops_before_families(config)
     masked = 1234
     projected = masked if config.mlm_project_masked_only else config.tokens_per_iteration
-    assert family_of(config).projected_positions(config, masked) == projected
+    assert family_of(config).projected_positions(config, masked, config.tokens_per_iteration) == projected
 
 
 def test_attention_and_head_terms_per_family():
@@ -117,8 +117,8 @@ def test_attention_and_head_terms_per_family():
     assert FAMILIES["bert"].attended_positions(512) == 512
     gpt = tiny("gpt_headless_tiny", "--loss", "ce")
     bert = tiny("bert_headless_tiny", "--loss", "ce", "--mlm-project-masked-only")
-    assert FAMILIES["gpt"].projected_positions(gpt, 7) == gpt.tokens_per_iteration
-    assert FAMILIES["bert"].projected_positions(bert, 7) == 7
+    assert FAMILIES["gpt"].projected_positions(gpt, 7, 4096) == 4096  # every position of the iteration
+    assert FAMILIES["bert"].projected_positions(bert, 7, 4096) == 7
 
 
 def test_gpt_feeds_the_windows_and_bert_masks_them_as_its_keys_say():

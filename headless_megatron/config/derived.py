@@ -47,6 +47,37 @@ class DerivedValues:
         """Tokens per optimizer step over all ranks."""
         return self.global_batch_size * self.seq_length
 
+    def rampup_calculator(self, data_parallel_size: int = 1, rank: int = -1):
+        """Megatron-Core's batch-size calculator of ``rampup_batch_size`` (``update`` it with the
+        samples read, then ``get_current_global_batch_size``); ``rank`` 0 logs each increase."""
+        from megatron.core.num_microbatches_calculator import RampupBatchsizeNumMicroBatchesCalculator
+
+        ramp = self.rampup_batch_size
+        if len(ramp) != 3 or min(ramp) < 1 or ramp[0] >= self.global_batch_size:
+            fail("rampup_batch_size", f"expected three positive numbers, start increment samples, with start below "
+                 f"global_batch_size {self.global_batch_size}; got {' '.join(map(str, ramp))}")
+        start, increment, samples = ramp
+        if (self.global_batch_size - start) % increment:
+            fail("rampup_batch_size", f"the ramp from {start} to global_batch_size {self.global_batch_size} is not a "
+                 f"whole number of increments of {increment}")
+        return RampupBatchsizeNumMicroBatchesCalculator(
+            self.global_batch_size, self.micro_batch_size, data_parallel_size, decrease_batch_size_if_needed=False,
+            rank=rank, start_global_batch_size=start, batch_size_increment=increment, ramup_samples=samples)
+
+    def iterations_for_samples(self) -> int:
+        """The optimizer steps of ``train_samples``, as Megatron-LM's ``update_train_iters`` counts
+        them: the ramp-up's iterations one by one, then whole global batches (a partial last one is
+        dropped)."""
+        if not self.rampup_batch_size:
+            return self.train_samples // self.global_batch_size
+        calculator, ramp_samples = self.rampup_calculator(), self.rampup_batch_size[2]
+        iterations = consumed = 0
+        while consumed <= ramp_samples and consumed <= self.train_samples:
+            calculator.update(consumed, consistency_check=False)
+            consumed += calculator.get_current_global_batch_size()
+            iterations += 1
+        return iterations + max(0, self.train_samples - consumed) // self.global_batch_size
+
     @property
     def share_embeddings_and_output_weights(self) -> bool:
         """The argument of that name of Megatron's GPTModel and BertModel."""

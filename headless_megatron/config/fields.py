@@ -31,9 +31,10 @@ def fail(key: str, problem: str) -> typing.NoReturn:
 class FieldType(NamedTuple):
     """What a field holds, read from its annotation."""
 
-    kind: type  # bool, int, float, str or list (of str)
+    kind: type  # bool, int, float, str or list
     optional: bool
     choices: tuple[str, ...] | None
+    item: type = str  # of a list: str or int
 
 
 @functools.cache
@@ -46,6 +47,8 @@ def annotated_types(dataclass: type) -> dict[str, FieldType]:
             hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
         if typing.get_origin(hint) is Literal:
             types_by_name[name] = FieldType(str, optional, typing.get_args(hint))
+        elif typing.get_origin(hint) is list:
+            types_by_name[name] = FieldType(list, optional, None, typing.get_args(hint)[0])
         else:
             types_by_name[name] = FieldType(typing.get_origin(hint) or hint, optional, None)
     return types_by_name
@@ -86,7 +89,8 @@ _RANGES = {
             "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
             "micro_batch_size", "global_batch_size", "train_iters", "fp8_amax_history_len",
             "recompute_num_layers", "lr_decay_iters", "save_interval", "max_skipped_iters",
-            "keep_last_checkpoints", "keep_checkpoint_interval", "lr_wsd_decay_iters",
+            "keep_last_checkpoints", "keep_checkpoint_interval", "lr_wsd_decay_iters", "train_samples",
+            "lr_decay_samples", "lr_wsd_decay_samples",
             "log_interval", "eval_interval", "exit_interval",
         ),
         (_is_positive, "a positive integer"),
@@ -99,7 +103,8 @@ _RANGES = {
         (_is_positive, "a positive number"),
     ),
     **dict.fromkeys(
-        ("seed", "lr_warmup_iters", "num_workers", "eval_iters"), (_is_non_negative, "an integer >= 0")
+        ("seed", "lr_warmup_iters", "lr_warmup_samples", "num_workers", "eval_iters"),
+        (_is_non_negative, "an integer >= 0"),
     ),
     **dict.fromkeys(("min_lr", "weight_decay", "clip_grad"), (_is_non_negative, "a number >= 0")),
     **dict.fromkeys(
@@ -135,6 +140,8 @@ def checked_value(name: str, value: Any, field_type: FieldType) -> Any:
         value = _as_float(name, value)
     elif kind is list:
         value = _as_string_list(name, value)
+        if field_type.item is int:
+            value = [_as_int(name, item) for item in value]
     else:
         value = _as_string(name, value, field_type.choices)
     predicate, expected = _RANGES.get(name, (None, None))

@@ -53,10 +53,7 @@ _MEGATRON_LM_SPELLINGS = {
     "vocab_file": ("tokenizer", None),
     "pretrained_checkpoint": ("pretrained", None),
     "tensorboard_dir": ("log_dir", None),
-    "train_samples": ("train_iters", None),
-    "lr_warmup_samples": ("lr_warmup_iters", None),
     "lr_warmup_fraction": ("lr_warmup_iters", None),
-    "lr_wsd_decay_samples": ("lr_wsd_decay_iters", None),
 }
 
 
@@ -108,7 +105,7 @@ def config_from_yaml(path: str | Path) -> TrainConfig:
 
 
 def build(values: dict[str, Any]) -> TrainConfig:
-    missing = [name for name in required_fields() if name not in values]
+    missing = [name for name in required_fields(values) if name not in values]
     if missing:
         flags = ", ".join(_flag(name) for name in missing)
         fail(", ".join(missing), f"required; set in the config file or pass {flags}")

@@ -179,8 +179,18 @@ class TrainConfig(DerivedValues):
     global_batch_size: int
     """Sequences per optimizer step over all data-parallel ranks; the gradient is accumulated over
     global_batch_size / (micro_batch_size x data-parallel size) micro-batches."""
-    train_iters: int
-    """Optimizer steps to train for."""
+    train_iters: int | None = None
+    """Optimizer steps to train for. Required unless train_samples is given, which sets it."""
+    train_samples: int | None = None
+    """Samples to train for, instead of train_iters (Megatron-LM's sample-based training, which
+    rampup_batch_size needs): train_iters follows (the ramp's iterations, then full global batches;
+    a last partial one is dropped), and the learning-rate schedule counts samples
+    (lr_warmup_samples, lr_decay_samples, lr_wsd_decay_samples)."""
+    rampup_batch_size: list[int] | None = None
+    """Batch-size ramp-up, three numbers: start increment samples (Megatron-LM's): the global batch
+    starts at start and grows by increment, evenly over the first samples samples, up to
+    global_batch_size; each size must be a multiple of micro_batch_size x data-parallel size.
+    Needs train_samples."""
     seed: int = 1234
     """Seed of the initial weights, data order, dropout and masking. The initial weights depend on
     it alone, not on the parallel layout."""
@@ -233,6 +243,12 @@ class TrainConfig(DerivedValues):
     None: train_iters."""
     lr_wsd_decay_iters: int | None = None
     """With lr_decay_style WSD: iterations of the final decay, at the end of lr_decay_iters."""
+    lr_warmup_samples: int = 0
+    """With train_samples: samples of linear warmup from 0 to lr (instead of lr_warmup_iters)."""
+    lr_decay_samples: int | None = None
+    """With train_samples: samples over which the learning rate decays. None: train_samples."""
+    lr_wsd_decay_samples: int | None = None
+    """With train_samples and lr_decay_style WSD: samples of the final decay."""
     lr_wsd_decay_style: Literal["exponential", "linear", "cosine", "minus_sqrt"] = "exponential"
     """With lr_decay_style WSD: the shape of the final decay (Megatron-Core's; minus_sqrt is
     1 - sqrt(progress))."""
@@ -359,6 +375,8 @@ class TrainConfig(DerivedValues):
     def __post_init__(self) -> None:
         for name, field_type in field_types().items():
             setattr(self, name, checked_value(name, getattr(self, name), field_type))
+        if self.train_iters is None and self.train_samples is not None:
+            self.train_iters = self.iterations_for_samples()  # as Megatron-LM's update_train_iters
 
     # ---- Files ----
 
@@ -386,10 +404,14 @@ def field_defaults() -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
-def required_fields() -> list[str]:
-    """The fields without a default, which every config must set."""
-    return [
+def required_fields(values: dict[str, Any] | None = None) -> list[str]:
+    """The fields a config must set: those without a default, and train_iters unless ``values``
+    give train_samples (which sets it)."""
+    required = [
         f.name for f in dataclasses.fields(TrainConfig)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
+    if (values or {}).get("train_samples") is None:
+        required.insert(required.index("global_batch_size") + 1, "train_iters")
+    return required
 

@@ -108,12 +108,13 @@ def _validate_training(config: TrainConfig) -> None:
             "eval_iters", f"{config.eval_iters} validation batches, but split '{config.split}' "
             "leaves no validation data; set eval_iters 0 or give split a validation share"
         )
+    _validate_samples(config)
     if config.lr_warmup_iters >= config.decay_iters:
         fail(
             "lr_warmup_iters", f"{config.lr_warmup_iters} must be below lr_decay_iters "
             f"{config.decay_iters} (train_iters when unset), as Megatron's scheduler requires"
         )
-    if config.lr_decay_style == "WSD" and config.lr_wsd_decay_iters is None:
+    if config.lr_decay_style == "WSD" and config.lr_wsd_decay_iters is None and config.train_samples is None:
         fail("lr_wsd_decay_iters", "required with lr_decay_style WSD: the iterations of the final decay, at the end "
              "of lr_decay_iters (train_iters when unset)")
     if config.lr_wsd_decay_iters is not None and config.lr_decay_style != "WSD":
@@ -147,6 +148,36 @@ def _validate_training(config: TrainConfig) -> None:
             "from another run's checkpoint set pretrained instead"
         )
     _validate_recompute(config)
+
+def _validate_samples(config: TrainConfig) -> None:
+    """Iteration-based or sample-based training, never a mix (Megatron-LM's rules)."""
+    if config.train_iters is None:
+        fail("train_iters", "required (or train_samples)")
+    by_samples = ("lr_warmup_samples", "lr_decay_samples", "lr_wsd_decay_samples", "rampup_batch_size")
+    by_iterations = ("lr_warmup_iters", "lr_decay_iters", "lr_wsd_decay_iters")
+    if config.train_samples is None:
+        for key in by_samples:
+            if getattr(config, key):
+                fail(key, "needs sample-based training: set train_samples instead of train_iters")
+        return
+    if config.train_iters != config.iterations_for_samples():
+        fail("train_iters", f"{config.train_iters} is set by train_samples {config.train_samples} "
+             f"({config.iterations_for_samples()} iterations); give one of them")
+    for key in by_iterations:
+        if getattr(config, key):
+            samples_key = key.replace("_iters", "_samples")
+            fail(key, f"with train_samples the schedule counts samples: use {samples_key}")
+    decay = config.lr_decay_samples or config.train_samples
+    if config.lr_warmup_samples >= decay:
+        fail("lr_warmup_samples", f"{config.lr_warmup_samples} must be below lr_decay_samples {decay} "
+             "(train_samples when unset)")
+    wsd = config.lr_wsd_decay_samples
+    if (config.lr_decay_style == "WSD") != (wsd is not None):
+        fail("lr_wsd_decay_samples", "goes with lr_decay_style WSD, and WSD needs it with train_samples")
+    if wsd is not None and wsd > decay - config.lr_warmup_samples:
+        fail("lr_wsd_decay_samples", f"{wsd} does not fit after the {config.lr_warmup_samples} warmup samples in "
+             f"lr_decay_samples {decay} (train_samples when unset)")
+
 
 def _validate_retention(config: TrainConfig) -> None:
     if config.keep_checkpoint_interval is not None and config.keep_last_checkpoints is None:
@@ -207,6 +238,17 @@ def _validate_layout(config: TrainConfig, world_size: int) -> None:
         )
         fail("num_layers", f"{config.num_layers} is not divisible by {stages}")
     microbatches = config.num_microbatches(world_size)
+    if config.rampup_batch_size:
+        start, increment, _ = config.rampup_batch_size
+        per_pass = config.micro_batch_size * config.data_parallel_size(world_size)
+        uneven = [size for size in range(start, config.global_batch_size, increment) if size % per_pass]
+        if uneven:
+            fail("rampup_batch_size", f"the ramp's global batch of {uneven[0]} is not a multiple of micro_batch_size "
+                 f"x data-parallel size = {per_pass}; use a start and increment that are multiples of {per_pass}")
+        sizes = range(start, config.global_batch_size, increment)
+        if vpp is not None and any((size // per_pass) % pp for size in sizes):
+            fail("rampup_batch_size", f"the interleaved schedule needs every global batch of the ramp to be a "
+                 f"multiple of {per_pass * pp} (micro-batches a multiple of pipeline_model_parallel_size {pp})")
     if vpp is not None and microbatches % pp:
         fail(
             "global_batch_size", f"gives {microbatches} micro-batches per step, which the "

@@ -64,9 +64,9 @@ class ModelFamily(Protocol):
         """Positions each query attends to on average, for the FLOP count of ``QK^T`` and ``PV``
         (Megatron-LM's convention: half the square for causal attention)."""
 
-    def projected_positions(self, config: TrainConfig, loss_positions: int) -> int:
-        """Positions of an iteration that ``loss: ce`` projects onto the vocabulary, given the
-        iteration's ``loss_positions`` (the FLOP count of the head)."""
+    def projected_positions(self, config: TrainConfig, loss_positions: int, tokens: int) -> int:
+        """Positions of an iteration of ``tokens`` tokens that ``loss: ce`` projects onto the
+        vocabulary, given its ``loss_positions`` (the FLOP count of the head)."""
 
     def hf_conversions(self) -> tuple[type[Conversion], ...]:
         """Its Hugging Face conversions (``export-hf`` and ``import-hf``), one per HF class, none when

@@ -49,7 +49,7 @@ from headless_megatron.training.metrics import (
     head_flops,
     transformer_flops_per_token,
 )
-from headless_megatron.training.optimizer import build_optimizer, build_scheduler
+from headless_megatron.training.optimizer import build_optimizer, build_scheduler, scheduler_increment
 from headless_megatron.training.resume import DataIdentity, resume
 from headless_megatron.training.retention import apply_retention
 from headless_megatron.training.run_directory import (
@@ -130,7 +130,7 @@ class Trainer:
         self.family = family_of(config)
         check_data(config)  # before anything is built or loaded
         self.world_size = dist.get_world_size()
-        self.num_microbatches = config.num_microbatches(self.world_size)
+        self.num_microbatches = config.num_microbatches(self.world_size)  # at the full global batch
         self.tokenizer = self._tokenizer()
         self.vocab_size = config.vocab_size or self.tokenizer.vocab_size
         check_tokenizer_matches_data(config, self.tokenizer, self.vocab_size)
@@ -181,7 +181,10 @@ class Trainer:
             config, config.metrics_dir, self.iteration, dist.get_rank() == 0, self.world_size,
             wandb_id=wandb_run_id(config.metrics_dir, dist.get_rank() == 0) if config.wandb_enabled else None,
         )
-        self.body_flops = transformer_flops_per_token(config) * config.tokens_per_iteration
+        self.flops_per_token = transformer_flops_per_token(config)
+        dp, rank = ps.get_data_parallel_world_size(), dist.get_rank()
+        self.rampup = config.rampup_calculator(dp, rank) if config.rampup_batch_size else None
+        self.global_batch = config.global_batch_size  # of the last iteration: ramp-up's while it lasts
 
     def _wrap_chunk(self, stage, first: bool) -> DistributedDataParallel:
         config = self.config
@@ -272,6 +275,8 @@ class Trainer:
         global batch per remaining iteration (the same as train_iters x global_batch_size, unless
         the batch size changed on resume)."""
         config = self.config
+        if config.train_samples is not None:  # the ramp-up included
+            return max(config.train_samples, self.consumed_train_samples)
         remaining = (config.train_iters - self.iteration) * config.global_batch_size
         return max(config.train_iters * config.global_batch_size, self.consumed_train_samples + remaining)
 
@@ -309,12 +314,18 @@ class Trainer:
         for chunk in self.model_chunks:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        totals = self._run_schedule(data, self.num_microbatches, forward_only=False)
+        if self.rampup is not None:  # Megatron-Core's calculator, at the samples read so far
+            self.rampup.update(self.consumed_train_samples, consistency_check=True)
+            self.global_batch = self.rampup.get_current_global_batch_size()
+        num_microbatches = self.num_microbatches * self.global_batch // self.config.global_batch_size
+        totals = self._run_schedule(data, num_microbatches, forward_only=False)
         self.iteration += 1
-        self.consumed_train_samples += self.config.global_batch_size  # read, even when the step is skipped
+        self.consumed_train_samples += self.global_batch  # read, even when the step is skipped
         loss_sum, loss_tokens, candidate_products = totals.tolist()  # the iteration's one host sync
-        projected = self.family.projected_positions(self.config, loss_tokens)
-        flops = self.body_flops + head_flops(self.config, self.padded_vocab, projected, candidate_products)
+        tokens = self.global_batch * self.config.seq_length
+        projected = self.family.projected_positions(self.config, loss_tokens, tokens)
+        flops = self.flops_per_token * tokens + head_flops(self.config, self.padded_vocab, projected,
+                                                           candidate_products)
         loss = loss_sum / loss_tokens if loss_tokens else float("nan")
         if not self._all_finite(totals):
             self.skipped_iterations += 1
@@ -331,7 +342,7 @@ class Trainer:
         self.skipped_in_a_row = 0
         update_ok, grad_norm, _ = self.optimizer.step()
         if update_ok:
-            self.scheduler.step(increment=1)
+            self.scheduler.step(increment=scheduler_increment(self.config, self.global_batch))
         return loss, grad_norm, flops
 
     def _all_finite(self, totals: torch.Tensor) -> bool:
@@ -364,7 +375,7 @@ class Trainer:
                 self.logger.train(
                     self.iteration, loss, self.optimizer.param_groups[0]["lr"], grad_norm,
                     time.perf_counter() - iteration_started, flops, self.consumed_train_samples,
-                    self.skipped_iterations,
+                    self.global_batch * config.seq_length, self.skipped_iterations,
                 )
                 if config.eval_interval and config.eval_iters and self.iteration % config.eval_interval == 0:
                     val_loss = self.evaluate()

@@ -155,8 +155,9 @@ class MetricsLogger:
             print(line, flush=True)
 
     def train(self, iteration: int, loss: float, lr: float, grad_norm: float | None, seconds: float,
-              flops: float, consumed_samples: int, skipped: int = 0) -> None:
-        """Record one iteration; print/emit every ``log_interval`` iterations and at the last one."""
+              flops: float, consumed_samples: int, tokens: int, skipped: int = 0) -> None:
+        """Record one iteration of ``tokens`` tokens; print/emit every ``log_interval`` iterations
+        and at the last one."""
         if not self.rank_zero:
             return
         if self.progress is not None:
@@ -164,7 +165,7 @@ class MetricsLogger:
             self.progress.set_postfix(loss=f"{loss:.4f}")
         if iteration % self.config.log_interval and iteration != self.config.train_iters:
             return
-        tokens_per_sec = self.config.tokens_per_iteration / seconds
+        tokens_per_sec = tokens / seconds
         tflops = flops / seconds / self.world_size / 1e12
         peak = peak_flops_per_device(self.config.bf16 or self.config.fp16)
         done = iteration - self.start_iteration

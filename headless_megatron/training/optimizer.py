@@ -36,19 +36,33 @@ def build_optimizer(config: TrainConfig, model_chunks, params_dtype):
 def build_scheduler(config: TrainConfig, optimizer) -> OptimizerParamScheduler:
     """Warm-up from 0 to ``lr`` over ``lr_warmup_iters``, then ``lr_decay_style`` down to ``min_lr``
     at ``lr_decay_iters`` (``train_iters`` when unset; with WSD, ``lr`` until the last
-    ``lr_wsd_decay_iters`` of them); constant weight decay."""
+    ``lr_wsd_decay_iters`` of them); constant weight decay. With ``train_samples`` the same in
+    samples (``lr_*_samples``), as Megatron-LM counts them: the loop then steps the scheduler by
+    each iteration's global batch (:func:`scheduler_increment`)."""
+    if config.train_samples is None:
+        warmup, decay, wsd, total = config.lr_warmup_iters, config.decay_iters, config.lr_wsd_decay_iters, \
+            config.train_iters
+    else:
+        warmup, decay, wsd, total = config.lr_warmup_samples, config.lr_decay_samples or config.train_samples, \
+            config.lr_wsd_decay_samples, config.train_samples
     return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,
         max_lr=config.lr,
         min_lr=config.min_lr,
-        lr_warmup_steps=config.lr_warmup_iters,
-        lr_decay_steps=config.decay_iters,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=decay,
         lr_decay_style=config.lr_decay_style,
         start_wd=config.weight_decay,
         end_wd=config.weight_decay,
-        wd_incr_steps=config.train_iters,
+        wd_incr_steps=total,
         wd_incr_style="constant",
-        wsd_decay_steps=config.lr_wsd_decay_iters,
+        wsd_decay_steps=wsd,
         lr_wsd_decay_style=config.lr_wsd_decay_style,
     )
+
+
+def scheduler_increment(config: TrainConfig, global_batch: int) -> int:
+    """How far one optimizer step over ``global_batch`` samples moves the schedule: one iteration,
+    or with ``train_samples`` its samples."""
+    return 1 if config.train_samples is None else global_batch

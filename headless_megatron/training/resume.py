@@ -35,10 +35,10 @@ SCHEDULE_KEYS = {
     "lr": "lr", "min_lr": "min_lr", "lr_warmup_iters": "lr_warmup_iters",
     "lr_decay_iters": "decay_iters", "lr_decay_style": "lr_decay_style", "weight_decay": "weight_decay",
     "lr_wsd_decay_iters": "lr_wsd_decay_iters", "lr_wsd_decay_style": "lr_wsd_decay_style",
+    "lr_warmup_samples": "lr_warmup_samples", "lr_decay_samples": "lr_decay_samples",
+    "lr_wsd_decay_samples": "lr_wsd_decay_samples",
 }
-# Of those, the ones Megatron's scheduler does not save: the checkpoint's are set by hand when it
-# continues the checkpoint's schedule.
-UNSAVED_SCHEDULE_KEYS = {"lr_wsd_decay_iters": "wsd_decay_steps", "lr_wsd_decay_style": "lr_wsd_decay_style"}
+
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,10 @@ def _check_architecture(config: TrainConfig, saved: TrainConfig, path: Path) -> 
 def _choose_schedule(config: TrainConfig, saved: TrainConfig, scheduler, say) -> None:
     """Refuse a changed schedule unless a flag says which one to follow, and tell Megatron's
     scheduler (whose ``load_state_dict`` reads these two attributes) the choice."""
+    if (config.train_samples is None) != (saved.train_samples is None):
+        counted, other = ("samples", "iterations") if saved.train_samples is not None else ("iterations", "samples")
+        raise CheckpointError(f"train_samples: the checkpoint's schedule counts {counted}, this run's {other}; "
+                              f"resume with {'train_samples' if counted == 'samples' else 'train_iters'}")
     changed = [(key, getattr(config, value), getattr(saved, value)) for key, value in SCHEDULE_KEYS.items()
                if getattr(config, value) != getattr(saved, value)]
     scheduler.override_opt_param_scheduler = config.override_opt_param_scheduler
@@ -138,8 +142,10 @@ def _choose_schedule(config: TrainConfig, saved: TrainConfig, scheduler, say) ->
     if config.override_opt_param_scheduler:
         say(f"override_opt_param_scheduler: the schedule now follows {described}")
     elif config.use_checkpoint_opt_param_scheduler:
-        for key, attribute in UNSAVED_SCHEDULE_KEYS.items():
-            setattr(scheduler, attribute, getattr(saved, key))
+        # Megatron's scheduler does not save WSD's settings: the checkpoint's config has them.
+        scheduler.lr_wsd_decay_style = saved.lr_wsd_decay_style
+        scheduler.wsd_decay_steps = saved.lr_wsd_decay_iters if saved.train_samples is None \
+            else saved.lr_wsd_decay_samples
         say(f"use_checkpoint_opt_param_scheduler: the checkpoint's schedule continues; ignored {described}")
     else:
         key, new, old = changed[0]

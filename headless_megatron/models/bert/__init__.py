@@ -50,9 +50,9 @@ class BertFamily:
     def attended_positions(self, seq_length: int) -> float:
         return seq_length
 
-    def projected_positions(self, config: TrainConfig, loss_positions: int) -> int:
+    def projected_positions(self, config: TrainConfig, loss_positions: int, tokens: int) -> int:
         # mlm_project_masked_only: the head sees the loss (masked) positions alone
-        return loss_positions if config.mlm_project_masked_only else config.tokens_per_iteration
+        return loss_positions if config.mlm_project_masked_only else tokens
 
     def hf_conversions(self):
         from headless_megatron.models.bert.hf_bert import BertConversion

@@ -55,8 +55,8 @@ class GPTFamily:
     def attended_positions(self, seq_length: int) -> float:
         return seq_length / 2
 
-    def projected_positions(self, config: TrainConfig, loss_positions: int) -> int:
-        return config.tokens_per_iteration
+    def projected_positions(self, config: TrainConfig, loss_positions: int, tokens: int) -> int:
+        return tokens
 
     def hf_conversions(self):
         from headless_megatron.models.gpt.hf_gpt2 import GPT2Conversion
