@@ -11,9 +11,11 @@ from local_ranks import run_on_ranks
 from headless_megatron.config import parse_config
 from headless_megatron.training.metrics import (
     FLOPS_CONVENTION,
+    MEMORY_KEY,
     CandidateCounter,
     MetricsLogger,
     head_flops,
+    peak_flops_per_device,
     transformer_flops_per_token,
 )
 
@@ -176,3 +178,77 @@ def test_logger_writes_one_record_per_log_interval_on_rank_zero(tmp_path, capsys
     silent = MetricsLogger(config, str(tmp_path / "other"), 0, rank_zero=False, world_size=2)
     silent.train(2, 1.0, 1e-3, 0.5, 0.5, 1e12, 32, config.tokens_per_iteration)
     assert not (tmp_path / "other").exists()
+
+
+def test_rates_are_the_intervals_means_not_the_last_iterations(tmp_path):
+    config = _config("--log-interval", "3", "--train-iters", "3", "--lr-warmup-iters", "1")
+    logger = MetricsLogger(config, str(tmp_path), 0, rank_zero=True, world_size=1)
+    for iteration, (seconds, tokens, flops) in enumerate([(1.0, 1000, 1e12), (2.0, 1000, 1e12), (0.5, 4000, 4e12)], 1):
+        logger.train(iteration, loss=1.0, lr=1e-3, grad_norm=0.5, seconds=seconds, flops=flops,
+                     consumed_samples=iteration * 16, tokens=tokens)
+    logger.close()
+    (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert record["tokens_per_sec"] == 6000 / 3.5  # the last iteration alone would say 8000
+    assert record["iteration_seconds"] == record["iteration_seconds_max"] == 3.5 / 3
+    assert record["tflops_per_device"] == pytest.approx(6e12 / 3.5 / 1e12)
+    assert record["slowest_rank"] == 0 and 0.05 < record[MEMORY_KEY] < 64  # this process's peak RSS, in GiB
+
+
+def _train_with_a_slow_rank(argv, slow_rank):
+    """On each rank: pretrain, ``slow_rank`` 20 ms slower in each micro-batch's forward step; returns
+    what the rank printed."""
+    import contextlib
+    import io
+    import time
+
+    import torch.distributed as dist
+
+    from headless_megatron.config import parse_config
+    from headless_megatron.training.loop import start_trainer
+
+    trainer = start_trainer(parse_config(argv))
+    forward_step = trainer.forward_step
+
+    def slow_forward_step(data_iterator, model):
+        if dist.get_rank() == slow_rank:
+            time.sleep(0.02)
+        return forward_step(data_iterator, model)
+
+    trainer.forward_step = slow_forward_step
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        trainer.train()
+    return printed.getvalue()
+
+
+def test_the_log_names_the_slowest_rank_and_megatron_timers_per_iteration(dataset, tmp_path):
+    argv = ["--config", "configs/gpt_headless_tiny.yaml", "--data-path", dataset, "--train-iters", "4",
+            "--lr-warmup-iters", "1", "--eval-iters", "0", "--num-workers", "0", "--log-interval", "2",
+            "--log-dir", str(tmp_path), "--timing-log-level", "1", "--save-interval", "2", "--save",
+            str(tmp_path / "run")]
+    printed = run_on_ranks(_train_with_a_slow_rank, 2, args=(argv, 1), timeout=600)[0]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [record["iteration"] for record in records] == [2, 4]
+    for record in records:
+        assert record["slowest_rank"] == 1  # 2 micro-batches x 20 ms more compute than rank 0
+        assert record["forward_compute_seconds"] > 0.04
+        compute = record["forward_compute_seconds"] + record["backward_compute_seconds"]
+        assert record["forward_backward_seconds"] > compute * 0.5
+        assert 0 < record["optimizer_seconds"] and 0 < record["all_grads_sync_seconds"]
+        assert record["iteration_seconds_max"] >= record["iteration_seconds_min"] > 0.04
+    # The save of iteration 2 comes after its log line: its time is in the next interval's.
+    assert "save_checkpoint_seconds" not in records[0] and records[1]["save_checkpoint_seconds"] > 0
+    assert "slowest rank 1)" in printed and "(min, max) time across ranks (ms):" in printed
+    assert printed.count("    forward-compute ....") == 2
+
+
+@pytest.mark.parametrize("name, teraflops", [
+    ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835), ("NVIDIA H200", 989.4),
+    ("NVIDIA A100-SXM4-40GB", 312), ("NVIDIA A100 80GB PCIe", 312), ("NVIDIA B200", 2250), ("NVIDIA GB200", 2500),
+    ("AMD Instinct MI300X", 1307.4), ("NVIDIA GeForce RTX 4090", None),
+])
+def test_peak_flops_by_exact_device_name_and_the_override(name, teraflops):
+    bf16 = SimpleNamespace(bf16=True, fp16=False, mfu_peak_tflops=None)
+    assert peak_flops_per_device(bf16, name) == (None if teraflops is None else pytest.approx(teraflops * 1e12))
+    assert peak_flops_per_device(SimpleNamespace(bf16=True, fp16=False, mfu_peak_tflops=500.0), name) == 500e12
+    assert peak_flops_per_device(SimpleNamespace(bf16=False, fp16=False, mfu_peak_tflops=None), name) is None

@@ -81,7 +81,7 @@ def _measure(argv: list[str], iters: int, warmup: int) -> dict | None:
     median = statistics.median(seconds)
     world = dist.get_world_size()
     tflops = statistics.median(flops) / median / world / 1e12
-    device_peak = peak_flops_per_device(config.bf16 or config.fp16)
+    device_peak = peak_flops_per_device(config)
     vpp = config.virtual_pipeline_model_parallel_size
     return {
         "tokens_per_sec": config.tokens_per_iteration / median,

@@ -98,7 +98,7 @@ _RANGES = {
     **dict.fromkeys(
         (
             "norm_epsilon", "init_method_std", "cwt_temperature", "initial_loss_scale", "lr",
-            "adam_eps", "exit_duration_in_mins", "distributed_timeout_minutes",
+            "adam_eps", "exit_duration_in_mins", "distributed_timeout_minutes", "mfu_peak_tflops",
         ),
         (_is_positive, "a positive number"),
     ),

@@ -357,6 +357,15 @@ class TrainConfig(DerivedValues):
     # ---- Logging and evaluation ----
     log_interval: int = 10
     """Print and record the training metrics every this many iterations."""
+    timing_log_level: int = 0
+    """1: after each metrics line, print Megatron-Core's timers (forward-backward, batch-generator,
+    optimizer, save-checkpoint: per iteration, across ranks as timing_log_option says). 0: only
+    record them (the slowest rank's) in metrics.jsonl, TensorBoard and W&B."""
+    timing_log_option: Literal["minmax", "max", "all"] = "minmax"
+    """How timing_log_level 1 prints each timer: min and max over ranks, max only, or every rank."""
+    mfu_peak_tflops: float | None = None
+    """Dense bf16/fp16 peak TFLOP/s of one device, for MFU. None: from the device's name (H100 SXM,
+    PCIe or NVL, H200, A100, B200, GB200, MI300X, ...); no MFU on CPU or an unlisted device."""
     eval_interval: int = 1000
     """Evaluate on the validation split every this many iterations (and at the end)."""
     eval_iters: int = 10

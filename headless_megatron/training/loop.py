@@ -3,8 +3,8 @@
 Per iteration: ``zero_grad_buffer`` -> ``get_forward_backward_func()`` runs this rank's micro-batches
 through its pipeline stage (1F1B p2p when PP > 1; interleaved 1F1B over the rank's model chunks with
 ``virtual_pipeline_model_parallel_size``); the last stage's model returns a per-token loss
-(CWT or cross-entropy) and :func:`_loss_func` returns ``(sum, tokens, report)`` -> backward ->
-``finalize_model_grads`` (DP reduce-scatter, SP-norm and tied-embedding all-reduces, 1/tokens
+(CWT or cross-entropy) and ``training/forward.loss_func`` returns ``(sum, tokens, report)`` ->
+backward -> ``finalize_model_grads`` (DP reduce-scatter, SP-norm and tied-embedding all-reduces, 1/tokens
 scaling over the global batch) -> ``optimizer.step()`` (clip, Adam, all-gather of updated shards) ->
 ``OptimizerParamScheduler.step`` -> metrics, validation, checkpoint.
 
@@ -36,17 +36,18 @@ from headless_megatron.data.gpt_dataset import (
     micro_batches,
     shut_down_workers,
 )
-from headless_megatron.models.family import ModelFamily
 from headless_megatron.models.registry import build_model_stage, family_of, validate_config
 from headless_megatron.runtime.determinism import use_deterministic_algorithms
 from headless_megatron.runtime.distributed import init_distributed, naming_lost_ranks, on_rank_zero_for_all
 from headless_megatron.runtime.launch import launch_world_size
 from headless_megatron.training.async_save import BackgroundSaves
 from headless_megatron.training.checkpoint import save_checkpoint
+from headless_megatron.training.forward import forward_step
 from headless_megatron.training.metrics import (
     CandidateCounter,
     MetricsLogger,
     head_flops,
+    megatron_timers,
     transformer_flops_per_token,
 )
 from headless_megatron.training.optimizer import build_optimizer, build_scheduler, scheduler_increment
@@ -98,23 +99,6 @@ def pretrain(config: TrainConfig) -> RunSummary:
     trainer = start_trainer(config)
     with naming_lost_ranks():
         return trainer.train()
-
-
-def _loss_func(loss_mask, count_candidates, output):
-    """Megatron's loss function: called on the model chunk that returns the per-token loss."""
-    losses = output.float() * loss_mask
-    total, tokens = losses.sum(), loss_mask.sum()
-    if count_candidates is not None:
-        count_candidates()
-    return total, tokens.to(torch.int), {"lm loss": torch.stack([total.detach(), tokens])}
-
-
-def _forward_step(data_iterator, model, *, device, family: ModelFamily, candidates: CandidateCounter | None):
-    """One micro-batch through this model chunk; the last one's output is the per-token loss ``[b, s]``."""
-    batch = {key: value.to(device, non_blocking=True) for key, value in next(data_iterator).items()}
-    output = family.forward(model, batch)
-    count = partial(candidates.add, batch["labels"], batch["loss_mask"]) if candidates is not None else None
-    return output, partial(_loss_func, batch["loss_mask"], count)
 
 
 class NumericalError(RuntimeError):
@@ -172,14 +156,17 @@ class Trainer:
         if config.loss == "cwt":  # K x U per micro-batch, for the FLOP count of the CWT matmul
             gathered = config.cwt_negatives == "data_parallel" and ps.get_data_parallel_world_size() > 1
             self.candidates = CandidateCounter(self.padded_vocab, ps.get_data_parallel_group() if gathered else None)
-        self.forward_step = partial(
-            _forward_step, device=device, family=self.family, candidates=self.candidates
-        )
+        # Megatron-LM's timers, on every rank (MetricsLogger reports them across ranks); Megatron-Core's
+        # schedules and finalize_model_grads time their own parts through the TransformerConfig.
+        self.timers = self.transformer_config.timers = megatron_timers(config.timing_log_option)
+        self.eval_forward_step = partial(forward_step, device=device, family=self.family, candidates=self.candidates)
+        self.forward_step = partial(self.eval_forward_step, batch_timer=self.timers("batch-generator"))
         self.checkpoint: str | None = None
         self.background_saves = BackgroundSaves() if config.async_save else None
         self.logger = MetricsLogger(
             config, config.metrics_dir, self.iteration, dist.get_rank() == 0, self.world_size,
             wandb_id=wandb_run_id(config.metrics_dir, dist.get_rank() == 0) if config.wandb_enabled else None,
+            timers=self.timers,
         )
         self.flops_per_token = transformer_flops_per_token(config)
         dp, rank = ps.get_data_parallel_world_size(), dist.get_rank()
@@ -238,7 +225,7 @@ class Trainer:
         if self.candidates is not None:
             self.candidates.reset()
         reports = get_forward_backward_func()(
-            forward_step_func=self.forward_step,
+            forward_step_func=self.eval_forward_step if forward_only else self.forward_step,
             data_iterator=data,
             model=self.model_chunks,
             num_microbatches=num_microbatches,
@@ -286,11 +273,13 @@ class Trainer:
         common = {"config": self.config.to_dict(), "consumed_train_samples": self.consumed_train_samples,
                   "data": self.data_identity.to_dict()}
         state = (self.config.save, iteration, self.model_chunks, self.optimizer, self.scheduler, common)
+        self.timers("save-checkpoint").start()
         if self.background_saves is None:
             self._published(save_checkpoint(*state))
-            return
-        self._published(self.background_saves.finish())
-        self.background_saves.start(*state)
+        else:
+            self._published(self.background_saves.finish())
+            self.background_saves.start(*state)
+        self.timers("save-checkpoint").stop()
 
     def finish_saves(self) -> None:
         """Wait for the checkpoint being written in the background, if any (collective)."""
@@ -340,7 +329,9 @@ class Trainer:
                 )
             return loss, None, flops
         self.skipped_in_a_row = 0
+        self.timers("optimizer").start()
         update_ok, grad_norm, _ = self.optimizer.step()
+        self.timers("optimizer").stop()
         if update_ok:
             self.scheduler.step(increment=scheduler_increment(self.config, self.global_batch))
         return loss, grad_norm, flops

@@ -16,16 +16,26 @@ import torch
 
 from headless_megatron.models.registry import family_of
 
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) by device-name fragment, for MFU.
-PEAK_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) per device, by a fragment of the name CUDA (or ROCm)
+# reports, the most specific first: "NVIDIA H100 PCIe" is not an SXM H100.
+PEAK_FLOPS = (
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("H100", 989.4e12), ("H200", 989.4e12),
+    ("GB200", 2500e12), ("B200", 2250e12), ("A100", 312e12), ("MI300X", 1307.4e12), ("MI325X", 1307.4e12),
+    ("L40S", 362e12), ("A10G", 125e12),
+)
 
 
-def peak_flops_per_device(mixed_precision: bool) -> float | None:
-    """The device's dense half-precision peak, or None when unknown (CPU, fp32, unlisted GPU)."""
-    if not (mixed_precision and torch.cuda.is_available()):
+def peak_flops_per_device(config, device_name: str | None = None) -> float | None:
+    """One device's dense half-precision peak for MFU: ``mfu_peak_tflops``, else by the device's
+    name; None in fp32, on CPU or for an unlisted device."""
+    if not (config.bf16 or config.fp16):
         return None
-    name = torch.cuda.get_device_name()
-    return next((peak for fragment, peak in PEAK_FLOPS.items() if fragment in name), None)
+    if config.mfu_peak_tflops is not None:
+        return config.mfu_peak_tflops * 1e12
+    if device_name is None and not torch.cuda.is_available():
+        return None
+    name = device_name or torch.cuda.get_device_name()
+    return next((peak for fragment, peak in PEAK_FLOPS if fragment in name), None)
 
 
 FLOPS_CONVENTION = "megatron-lm"
@@ -105,12 +115,90 @@ class CandidateCounter:
         return products
 
 
+# Megatron-Core's timers, with the log level each is created with: the pipeline schedules and
+# finalize_model_grads time the first four themselves (TransformerConfig.timers), the trainer the
+# rest (training/loop.py). Names and levels are Megatron-LM's.
+TIMER_LEVELS = {"forward-backward": 1, "forward-compute": 2, "backward-compute": 2, "all-grads-sync": 1,
+                "batch-generator": 1, "optimizer": 1, "save-checkpoint": 0}
+TIMER_NAMES = list(TIMER_LEVELS)
+COMPUTE_TIMERS = ("forward-compute", "backward-compute")  # a rank's own work, no wait for the others
+
+
+def megatron_timers(log_option: str):
+    """Megatron-Core's ``Timers`` with every timer of :data:`TIMER_LEVELS` created at its level."""
+    from megatron.core.timers import Timers
+
+    timers = Timers(log_level=2, log_option=log_option)
+    for name, level in TIMER_LEVELS.items():
+        timers(name, log_level=level)
+    return timers
+MEMORY_KEY, MEMORY_LABEL = ("memory_peak_allocated_gib", "peak allocated") if torch.cuda.is_available() else \
+    ("memory_peak_rss_gib", "peak RSS")
+
+
+class IntervalStats:
+    """One rank's sums over the iterations since the last log line, and its memory peak."""
+
+    def __init__(self):
+        self.iterations = 0
+        self.seconds = self.tokens = self.flops = 0.0
+        self.rss_peak = 0
+
+    def add(self, seconds: float, tokens: int, flops: float) -> None:
+        self.iterations += 1
+        self.seconds += seconds
+        self.tokens += tokens
+        self.flops += flops
+        if not torch.cuda.is_available():
+            import psutil
+
+            self.rss_peak = max(self.rss_peak, psutil.Process().memory_info().rss)
+
+    def memory_peak(self) -> int:
+        """Bytes: the CUDA allocator's peak since the last line (then reset), or the largest RSS seen."""
+        if not torch.cuda.is_available():
+            return self.rss_peak
+        peak = torch.cuda.max_memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        return peak
+
+
+class RankStats:
+    """Every rank's interval, gathered: the step time's spread, the memory peak and each timer's
+    slowest rank."""
+
+    def __init__(self, rows: list[list[float]]):
+        seconds = [row[0] for row in rows]
+        self.min_seconds, self.max_seconds = min(seconds), max(seconds)
+        self.memory_gib = max(row[1] for row in rows) / 2**30
+        self.timers = [max(row[2 + index] for row in rows) for index in range(len(rows[0]) - 2)]
+        # Ranks wait for each other in every collective, so their step times come out nearly equal:
+        # the straggler is the rank whose own compute (forward and backward) took longest.
+        compute = [sum(row[2 + TIMER_NAMES.index(name)] for name in COMPUTE_TIMERS) for row in rows] \
+            if self.timers else seconds
+        self.slowest = compute.index(max(compute))
+        self.min_compute, self.max_compute = min(compute), max(compute)
+
+    @classmethod
+    def gather(cls, seconds: float, memory: int, timers: list[float], world_size: int) -> RankStats:
+        """One all-gather of every rank's numbers (a collective call)."""
+        mine = torch.tensor([seconds, float(memory), *timers], dtype=torch.float64)
+        if world_size == 1 or not torch.distributed.is_initialized():
+            return cls([mine.tolist()])
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else mine.device
+        everyone = torch.empty(world_size * len(mine), dtype=torch.float64, device=device)
+        torch.distributed.all_gather_into_tensor(everyone, mine.to(device))
+        return cls(everyone.view(world_size, len(mine)).tolist())
+
+
 class MetricsLogger:
     """Rank-0 reporting of training and validation metrics."""
 
     def __init__(self, config, log_dir: str | None, start_iteration: int, rank_zero: bool, world_size: int,
-                 wandb_id: str | None = None):
+                 wandb_id: str | None = None, timers=None):
         self.config = config
+        self.timers = timers
+        self.interval = IntervalStats()
         self.rank_zero = rank_zero
         self.world_size = world_size
         self.start_iteration = start_iteration
@@ -156,43 +244,71 @@ class MetricsLogger:
 
     def train(self, iteration: int, loss: float, lr: float, grad_norm: float | None, seconds: float,
               flops: float, consumed_samples: int, tokens: int, skipped: int = 0) -> None:
-        """Record one iteration of ``tokens`` tokens; print/emit every ``log_interval`` iterations
-        and at the last one."""
-        if not self.rank_zero:
-            return
+        """Record one iteration of ``tokens`` tokens; every ``log_interval`` iterations and at the
+        last one, print and emit the interval's means (a collective call: every rank calls it)."""
+        self.interval.add(seconds, tokens, flops)
         if self.progress is not None:
             self.progress.update(1)
             self.progress.set_postfix(loss=f"{loss:.4f}")
         if iteration % self.config.log_interval and iteration != self.config.train_iters:
             return
-        tokens_per_sec = tokens / seconds
-        tflops = flops / seconds / self.world_size / 1e12
-        peak = peak_flops_per_device(self.config.bf16 or self.config.fp16)
-        done = iteration - self.start_iteration
-        eta = (time.monotonic() - self.started) / max(done, 1) * (self.config.train_iters - iteration)
+        interval, self.interval = self.interval, IntervalStats()
+        timer_seconds = [self.timers(name).elapsed(reset=False) for name in TIMER_NAMES] if self.timers else []
+        ranks = RankStats.gather(interval.seconds / interval.iterations, interval.memory_peak(), timer_seconds,
+                                 self.world_size)
+        timers_line = self._timers_line(interval.iterations)
+        if not self.rank_zero:
+            return
+        step = interval.seconds / interval.iterations
+        tflops = interval.flops / interval.seconds / self.world_size / 1e12
+        peak = peak_flops_per_device(self.config)
+        eta = step * (self.config.train_iters - iteration)
         record = {
             "iteration": iteration,
             "loss": loss,
             "lr": lr,
             "grad_norm": grad_norm,
-            "tokens_per_sec": tokens_per_sec,
+            "tokens_per_sec": interval.tokens / interval.seconds,
             "tflops_per_device": tflops,
-            "iteration_seconds": seconds,
+            "iteration_seconds": step,
+            "iteration_seconds_min": ranks.min_seconds,
+            "iteration_seconds_max": ranks.max_seconds,
+            "slowest_rank": ranks.slowest,
+            MEMORY_KEY: ranks.memory_gib,
+            "elapsed_seconds": time.monotonic() - self.started,
             "consumed_samples": consumed_samples,
             "skipped_iterations": skipped,
             "flops_convention": FLOPS_CONVENTION,
+            **{f"{name.replace('-', '_')}_seconds": value / interval.iterations
+               for name, value in zip(TIMER_NAMES, ranks.timers, strict=False) if value},
         }
         if peak:
             record["mfu"] = tflops * 1e12 / peak
         self._emit(record)
         norm = "n/a" if grad_norm is None or math.isnan(grad_norm) else f"{grad_norm:.3f}"
         mfu = f" | MFU {record['mfu']:.1%}" if peak else ""
+        compute = f"{ranks.min_compute / interval.iterations:.3f}-{ranks.max_compute / interval.iterations:.3f}"
+        spread = f" ({ranks.min_seconds:.3f}-{ranks.max_seconds:.3f} s; compute {compute} s, slowest rank " \
+                 f"{ranks.slowest})" if self.world_size > 1 else ""
         self._print(
             f"iteration {iteration:>7d}/{self.config.train_iters} | loss {loss:.4f} | lr {lr:.3e} | "
-            f"grad norm {norm} | {tokens_per_sec:,.0f} tokens/s | {tflops:.3f} TFLOP/s/device "
-            f"({FLOPS_CONVENTION}){mfu} | "
+            f"grad norm {norm} | {record['tokens_per_sec']:,.0f} tokens/s | {tflops:.3f} TFLOP/s/device "
+            f"({FLOPS_CONVENTION}){mfu} | step {step:.3f} s{spread} | {MEMORY_LABEL} {ranks.memory_gib:.2f} GiB | "
             f"ETA {_duration(eta)}"
         )
+        if timers_line:
+            self._print(timers_line)
+
+    def _timers_line(self, iterations: int) -> str | None:
+        """With ``timing_log_level`` 1, Megatron-Core's block of the timers' times per iteration
+        across ranks (a collective call); the timers are reset for the next interval either way."""
+        if self.timers is None:
+            return None
+        if self.config.timing_log_level >= 1:
+            return self.timers.get_all_timers_string(TIMER_NAMES, normalizer=iterations, reset=True)
+        for name in TIMER_NAMES:
+            self.timers(name).reset()
+        return None
 
     def validation(self, iteration: int, val_loss: float) -> None:
         if not self.rank_zero:
