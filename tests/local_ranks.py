@@ -49,6 +49,9 @@ def _rank_entry(fn, rank, world_size, port, args, kwargs, extra_env, results):
             pass
 
 
+PORT_ATTEMPTS = 3
+
+
 def run_on_ranks(
     fn: Callable[..., Any],
     world_size: int,
@@ -57,7 +60,19 @@ def run_on_ranks(
     timeout: float = 180.0,
     env: dict[str, str] | None = None,
 ) -> list[Any]:
-    """Run ``fn(*args, **kwargs)`` on ``world_size`` ranks; return the per-rank results, by rank."""
+    """Run ``fn(*args, **kwargs)`` on ``world_size`` ranks; return the per-rank results, by rank.
+
+    The rendezvous port is free when chosen but another process may take it before rank 0 listens
+    on it; the ranks then fail to start, before ``fn`` runs, and are started again on another port."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return _run_once(fn, world_size, args, kwargs, timeout, env)
+        except RankFailure as failure:
+            if "EADDRINUSE" not in str(failure) or attempt == PORT_ATTEMPTS:
+                raise
+
+
+def _run_once(fn, world_size, args, kwargs, timeout, env) -> list[Any]:
     context = rank_process_context()
     results = context.Queue()
     port = free_port()
