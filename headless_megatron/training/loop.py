@@ -15,6 +15,7 @@ run starts from is :mod:`~headless_megatron.training.resume`'s, how a checkpoint
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -221,7 +222,8 @@ class Trainer:
             print(line, flush=True)
 
     def _run_schedule(self, data, num_microbatches: int, forward_only: bool) -> torch.Tensor:
-        """Forward (and backward) over ``num_microbatches``; global [loss sum, tokens, K x U] on all ranks."""
+        """Forward (and backward) over ``num_microbatches``; on all ranks, the global [loss sum, tokens,
+        K x U, gradient buffers with a NaN/Inf] in one all-reduce."""
         if self.candidates is not None:
             self.candidates.reset()
         reports = get_forward_backward_func()(
@@ -233,11 +235,14 @@ class Trainer:
             micro_batch_size=self.config.micro_batch_size,
             forward_only=forward_only,
         )
-        totals = torch.zeros(3, device=self.device)
+        totals = torch.zeros(4, device=self.device)
         # Each DP replica's last stage reports once (from TP rank 0); the world sum is the global batch.
         if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
             products = self.candidates.total(self.device) if self.candidates is not None else totals[2]
-            totals = torch.cat([torch.stack([r["lm loss"] for r in reports]).sum(0), products.view(1)])
+            totals[:3] = torch.cat([torch.stack([r["lm loss"] for r in reports]).sum(0), products.view(1)])
+        if not forward_only:  # this rank's gradient buffers holding a NaN/Inf, counted on the device
+            totals[3] = sum((~torch.isfinite(buffer.grad_data)).any().float()
+                            for chunk in self.model_chunks for buffer in chunk.buffers)
         dist.all_reduce(totals)
         return totals
 
@@ -310,13 +315,14 @@ class Trainer:
         totals = self._run_schedule(data, num_microbatches, forward_only=False)
         self.iteration += 1
         self.consumed_train_samples += self.global_batch  # read, even when the step is skipped
-        loss_sum, loss_tokens, candidate_products = totals.tolist()  # the iteration's one host sync
+        # The iteration's one host sync: the NaN/Inf check rides on it, with no collective of its own.
+        loss_sum, loss_tokens, candidate_products, nonfinite_gradients = totals.tolist()
         tokens = self.global_batch * self.config.seq_length
         projected = self.family.projected_positions(self.config, loss_tokens, tokens)
         flops = self.flops_per_token * tokens + head_flops(self.config, self.padded_vocab, projected,
                                                            candidate_products)
         loss = loss_sum / loss_tokens if loss_tokens else float("nan")
-        if not self._all_finite(totals):
+        if not math.isfinite(loss_sum) or nonfinite_gradients:
             self.skipped_iterations += 1
             self.skipped_in_a_row += 1
             self.logger.message(f"iteration {self.iteration}: NaN/Inf loss or gradient, skipped "
@@ -335,15 +341,6 @@ class Trainer:
         if update_ok:
             self.scheduler.step(increment=scheduler_increment(self.config, self.global_batch))
         return loss, grad_norm, flops
-
-    def _all_finite(self, totals: torch.Tensor) -> bool:
-        """Whether the loss and every gradient are finite on every rank (a collective call)."""
-        finite = bool(torch.isfinite(totals).all()) and all(
-            bool(torch.isfinite(buffer.grad_data).all()) for chunk in self.model_chunks for buffer in chunk.buffers
-        )
-        flag = torch.tensor([0 if finite else 1], dtype=torch.int, device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return not flag.item()
 
     def train_data_iterator(self):
         return self._data_iterators(partial(
