@@ -67,6 +67,12 @@ def test_headless_loss_decreases_over_80_iterations_with_validation_and_metrics(
     assert sorted(p.name for p in tmp_path.glob("iter_*")) == ["iter_0000040", "iter_0000080"]
 
 
+def test_the_last_iteration_is_evaluated_even_off_the_interval(dataset, tmp_path):
+    train(1, dataset, "--log-dir", str(tmp_path), "--eval-iters", "1", "--eval-interval", "4", iters=6)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if "val_loss" in r] == [4, 6]
+
+
 def test_vanilla_cross_entropy_baseline_learns_and_reports_the_same_fields(dataset, tmp_path):
     run = train(1, dataset, "--loss", "ce", "--log-dir", str(tmp_path), "--log-interval", "10", iters=60)
     start, end = _first_and_last(run.losses, 10)

@@ -254,7 +254,7 @@ class Trainer:
         ))
         for chunk in self.model_chunks:
             chunk.eval()
-        totals = torch.zeros(3, device=self.device)
+        totals = torch.zeros(4, device=self.device)
         with torch.no_grad():
             for _ in range(config.eval_iters):
                 totals += self._run_schedule(data, self.num_microbatches, forward_only=True)
@@ -365,7 +365,9 @@ class Trainer:
                     time.perf_counter() - iteration_started, flops, self.consumed_train_samples,
                     self.global_batch * config.seq_length, self.skipped_iterations,
                 )
-                if config.eval_interval and config.eval_iters and self.iteration % config.eval_interval == 0:
+                # Every eval_interval, and after the last iteration (Megatron-LM's final evaluation).
+                last = self.iteration == config.train_iters
+                if config.eval_interval and config.eval_iters and (self.iteration % config.eval_interval == 0 or last):
                     val_loss = self.evaluate()
                     self.logger.validation(self.iteration, val_loss)
                 if self.background_saves is not None:
