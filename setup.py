@@ -38,6 +38,7 @@ setup(
         "sentencepiece>=0.2",
         "protobuf",  # transformers reads sentencepiece .model files through their protobuf schema
         "wandb",  # experiment tracking (wandb_project / wandb_mode), imported only when enabled
+        "tensorboard>=2.16",  # tensorboard_dir: torch.utils.tensorboard's SummaryWriter needs it
         # Evaluation (headless_megatron/evaluate): the LM Evaluation Harness and its HF backend, GLUE
         # metrics (MCC, Spearman), report plots.
         "lm-eval>=0.4.13,<0.5",

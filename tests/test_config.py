@@ -139,8 +139,9 @@ def test_unknown_flag_suggests_the_closest():
 def test_megatron_lm_spellings_are_translated(tmp_path):
     with expect_error("--disable-bias-linear: unknown flag (Megatron-LM's --disable-bias-linear is --no-add-bias-linear here)"):
         parse_config(["--disable-bias-linear"], defaults=REQUIRED)
-    path = write(tmp_path, required_yaml() + "tensorboard_dir: tb\n")
-    with expect_error(f"{path}: unknown key 'tensorboard_dir' (Megatron-LM's tensorboard_dir is log_dir here)"):
+    path = write(tmp_path, required_yaml() + "lr_warmup_fraction: 0.1\n")
+    with expect_error(f"{path}: unknown key 'lr_warmup_fraction' (Megatron-LM's lr_warmup_fraction is lr_warmup_iters "
+                      "here)"):
         config_from_yaml(path)
 
 

@@ -73,6 +73,27 @@ def test_the_last_iteration_is_evaluated_even_off_the_interval(dataset, tmp_path
     assert [r["iteration"] for r in records if "val_loss" in r] == [4, 6]
 
 
+def test_tensorboard_gets_the_scalars_of_metrics_jsonl_and_the_run_writes_its_resolved_config(dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from headless_megatron.config import config_from_yaml
+
+    run = tmp_path / "run"
+    train(1, dataset, "--save", str(run), "--tensorboard-dir", str(tmp_path / "tb"), "--eval-iters", "1",
+          "--eval-interval", "4", "--log-interval", "2", iters=4)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for key in ("loss", "lr", "grad_norm", "tokens_per_sec", "iteration_seconds", "forward_backward_seconds",
+                "memory_peak_rss_gib", "val_loss"):
+        logged = [record for record in records if key in record]
+        scalars = events.Scalars(key)
+        assert [event.step for event in scalars] == [record["iteration"] for record in logged], key
+        assert [event.value for event in scalars] == pytest.approx([record[key] for record in logged], rel=1e-6), key
+    resolved = config_from_yaml(run / "config.yaml")
+    assert resolved.train_iters == 4 and resolved.save == str(run) and resolved.tensorboard_dir == str(tmp_path / "tb")
+
+
 def test_vanilla_cross_entropy_baseline_learns_and_reports_the_same_fields(dataset, tmp_path):
     run = train(1, dataset, "--loss", "ce", "--log-dir", str(tmp_path), "--log-interval", "10", iters=60)
     start, end = _first_and_last(run.losses, 10)

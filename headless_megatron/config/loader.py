@@ -52,7 +52,6 @@ _MEGATRON_LM_SPELLINGS = {
     "tokenizer_model": ("tokenizer", None),
     "vocab_file": ("tokenizer", None),
     "pretrained_checkpoint": ("pretrained", None),
-    "tensorboard_dir": ("log_dir", None),
     "lr_warmup_fraction": ("lr_warmup_iters", None),
 }
 

@@ -374,6 +374,9 @@ class TrainConfig(DerivedValues):
     log_dir: str | None = None
     """Directory for the metrics log. None: the save directory (no metrics file when both are
     unset)."""
+    tensorboard_dir: str | None = None
+    """Directory for TensorBoard event files with the scalars of metrics.jsonl and W&B (loss, lr,
+    grad norm, throughput, step times, memory, validation loss). None: no TensorBoard."""
     wandb_project: str | None = None
     """Weights & Biases project to log to. None: no W&B logging."""
     wandb_exp_name: str | None = None

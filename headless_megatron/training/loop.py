@@ -59,6 +59,7 @@ from headless_megatron.training.run_directory import (
     metrics_file,
     release_run_directories,
     wandb_run_id,
+    write_resolved_config,
 )
 from headless_megatron.training.signals import StopConditions, kill_helpers_at_exit
 
@@ -145,6 +146,8 @@ class Trainer:
         self.scheduler = build_scheduler(config, self.optimizer)
         data = DataIdentity(config.seq_length, self.padded_vocab, getattr(self.tokenizer, "fingerprint", None))
         start = resume(config, self.model_chunks, self.optimizer, self.scheduler, data, self._say)
+        if dist.get_rank() == 0:
+            write_resolved_config(config)
         self.data_identity = data
         self.iteration, self.consumed_train_samples = start.iteration, start.consumed_train_samples
         self.skipped_iterations = self.skipped_in_a_row = 0

@@ -1,5 +1,6 @@
 """What a run reports: a console line per ``log_interval``, a progress bar on a terminal,
-``metrics.jsonl`` and, when configured, Weights & Biases. Also the FLOP count behind TFLOP/s and MFU.
+``metrics.jsonl`` and, when configured, TensorBoard and Weights & Biases (the same scalars). Also the
+FLOP count behind TFLOP/s and MFU.
 
 Only rank 0 reports; every rank may call the logger.
 """
@@ -205,7 +206,7 @@ class MetricsLogger:
         self.started = time.monotonic()
         self.path = Path(log_dir) / "metrics.jsonl" if log_dir else None
         self.progress = None
-        self.wandb = None
+        self.wandb = self.tensorboard = None
         if not rank_zero:
             return
         if self.path:
@@ -216,6 +217,10 @@ class MetricsLogger:
             self.progress = tqdm(
                 total=config.train_iters, initial=start_iteration, unit="it", dynamic_ncols=True, leave=False
             )
+        if config.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir=config.tensorboard_dir)
         if config.wandb_enabled:
             import wandb
 
@@ -235,6 +240,10 @@ class MetricsLogger:
                 stream.write(json.dumps(record) + "\n")
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "iteration"}, step=record["iteration"])
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tensorboard.add_scalar(key, value, record["iteration"])
 
     def _print(self, line: str) -> None:
         if self.progress is not None:
@@ -325,6 +334,8 @@ class MetricsLogger:
             self.progress.close()
         if self.wandb is not None:
             self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _duration(seconds: float) -> str:

@@ -10,6 +10,7 @@ Layout, as in Megatron-LM::
     <save>/latest_checkpointed_iteration.txt  the tracker: the published iteration to resume from
     <save>/metrics.jsonl                      the metrics log (unless log_dir is set)
     <save>/wandb_run_id.txt                   the W&B run a requeued job continues
+    <save>/config.yaml                        the resolved config of the run that last started here
     <save>/.headless-megatron.lock            held by the run that writes here (runtime/directory_lock.py)
 
 A checkpoint is written to ``iter_XXXXXXX.tmp/`` (:func:`staging_dir`); after every rank has
@@ -45,6 +46,7 @@ DCP_METADATA_FILE = ".metadata"
 MEGATRON_METADATA_FILE = "metadata.json"
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_run_id.txt"
+CONFIG_FILE = "config.yaml"
 
 
 class CheckpointError(UserError):
@@ -357,6 +359,19 @@ def refuse_to_overwrite_another_run(config: TrainConfig) -> None:
         raise CheckpointError(
             f"{metrics} holds the metrics of another run; give this run a new save (or log_dir) directory"
         )
+
+
+def write_resolved_config(config: TrainConfig) -> Path | None:
+    """``<save>/config.yaml``: every field of the run as it starts (defaults and derived values such
+    as train_iters resolved), which ``--config`` reads back; rank 0's job, once the run is sure to
+    save there. None without save."""
+    if not config.save:
+        return None
+    import yaml
+
+    path = Path(config.save) / CONFIG_FILE
+    durable.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path
 
 
 def metrics_file(config: TrainConfig) -> Path | None:
