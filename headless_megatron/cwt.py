@@ -75,6 +75,7 @@ def _parallel_groups() -> _Groups:
     )
 
 
+@torch.profiler.record_function("cwt_loss")  # a named range in profiles (--profile)
 def cwt_loss(
     hidden: torch.Tensor,
     target_ids: torch.Tensor,

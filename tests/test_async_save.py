@@ -92,4 +92,4 @@ def test_a_full_disk_under_a_background_write_is_one_line_and_publishes_nothing(
         with pytest.raises(RankFailure, match=rf"CheckpointError: save: writing iteration 5 to {disk}/run failed "
                                               r"\(No space left on device\); nothing was published"):
             train(1, dataset, "--async-save", "--save", str(disk / "run"), "--save-interval", "5", iters=10)
-        assert sorted(path.name for path in (disk / "run").iterdir()) == [LOCK_FILE, "metrics.jsonl"]
+        assert sorted(path.name for path in (disk / "run").iterdir()) == [LOCK_FILE, "config.yaml", "metrics.jsonl"]

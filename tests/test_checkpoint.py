@@ -103,7 +103,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_publishes_nothing(dataset, tm
         with pytest.raises(RankFailure, match=rf"CheckpointError: save: writing iteration 5 to {disk}/run failed "
                                               r"\(No space left on device\); nothing was published"):
             train(ranks, dataset, "--save", str(disk / "run"), "--save-interval", "5", iters=10)
-        assert sorted(path.name for path in (disk / "run").iterdir()) == [LOCK_FILE, "metrics.jsonl"]
+        assert sorted(path.name for path in (disk / "run").iterdir()) == [LOCK_FILE, "config.yaml", "metrics.jsonl"]
 
 
 def _save_after_the_disk_turned_read_only(argv, disk):

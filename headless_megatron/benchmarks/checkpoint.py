@@ -55,7 +55,7 @@ def _measure(argv: list[str], saves: int) -> dict | None:
         written.append(time.perf_counter() - started)
     if dist.get_rank() != 0:
         return None
-    checkpoint = Path(trainer.checkpoint)
+    checkpoint = Path(trainer.saves.latest)
     size = sum(path.stat().st_size for path in checkpoint.rglob("*") if path.is_file())
     parameters = sum(param.numel() for chunk in trainer.model_chunks for param in chunk.parameters())
     return {"blocked": statistics.median(blocked), "written": statistics.median(written), "bytes": size,

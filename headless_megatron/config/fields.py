@@ -90,7 +90,7 @@ _RANGES = {
             "micro_batch_size", "global_batch_size", "train_iters", "fp8_amax_history_len",
             "recompute_num_layers", "lr_decay_iters", "save_interval", "max_skipped_iters",
             "keep_last_checkpoints", "keep_checkpoint_interval", "lr_wsd_decay_iters", "train_samples",
-            "lr_decay_samples", "lr_wsd_decay_samples",
+            "lr_decay_samples", "lr_wsd_decay_samples", "profile_step_start", "profile_step_end",
             "log_interval", "eval_interval", "exit_interval",
         ),
         (_is_positive, "a positive integer"),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -38,7 +39,7 @@ from typing import Any
 import yaml
 
 from headless_megatron.config.fields import ConfigError, checked_value, closest, fail
-from headless_megatron.config.schema import TrainConfig, field_defaults, field_types, required_fields
+from headless_megatron.config.schema import TrainConfig, field_types
 
 # Megatron-LM arguments that are spelled differently here: key -> (field, value to give it or None).
 _MEGATRON_LM_SPELLINGS = {
@@ -54,6 +55,23 @@ _MEGATRON_LM_SPELLINGS = {
     "pretrained_checkpoint": ("pretrained", None),
     "lr_warmup_fraction": ("lr_warmup_iters", None),
 }
+
+
+def field_defaults() -> dict[str, Any]:
+    """Each field's default value (``dataclasses.MISSING`` for a required field)."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def required_fields(values: dict[str, Any] | None = None) -> list[str]:
+    """The fields a config must set: those without a default, and train_iters unless ``values``
+    give train_samples (which sets it)."""
+    required = [
+        f.name for f in dataclasses.fields(TrainConfig)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if (values or {}).get("train_samples") is None:
+        required.insert(required.index("global_batch_size") + 1, "train_iters")
+    return required
 
 
 def _flag(name: str) -> str:
@@ -253,9 +271,18 @@ _SECTION = re.compile(r"^\s*# -+ (.+?) -+$")
 
 @functools.cache
 def field_docs() -> dict[str, tuple[str, str]]:
-    """``{field: (section, docstring)}`` read from :class:`TrainConfig`'s source: the docstring right below
-    each field and the ``# ---- Section ----`` comment above it."""
-    lines, _ = inspect.getsourcelines(TrainConfig)
+    """``{field: (section, docstring)}`` read from the source of :class:`TrainConfig` and of the field
+    classes it derives from (``config/reporting.py``), in that order: the docstring right below each
+    field and the ``# ---- Section ----`` comment above it."""
+    docs = {}
+    for cls in TrainConfig.__mro__:
+        if dataclasses.is_dataclass(cls):
+            docs.update(_class_field_docs(cls))
+    return docs
+
+
+def _class_field_docs(cls) -> dict[str, tuple[str, str]]:
+    lines, _ = inspect.getsourcelines(cls)
     sections = {}
     section = ""
     for number, line in enumerate(lines, start=1):

@@ -29,10 +29,11 @@ import yaml
 
 from headless_megatron.config.derived import DerivedValues
 from headless_megatron.config.fields import FieldType, annotated_types, checked_value
+from headless_megatron.config.reporting import ReportingFields
 
 
 @dataclasses.dataclass(kw_only=True)
-class TrainConfig(DerivedValues):
+class TrainConfig(ReportingFields, DerivedValues):
     """Everything a training run needs, flat, with Megatron-LM's argument names.
 
     Fields without a default are required. Change fields with ``dataclasses.replace`` so the new
@@ -354,36 +355,6 @@ class TrainConfig(DerivedValues):
     """Stop with an error after this many consecutive iterations whose gradients were NaN or
     infinite (the optimizer skips such steps)."""
 
-    # ---- Logging and evaluation ----
-    log_interval: int = 10
-    """Print and record the training metrics every this many iterations."""
-    timing_log_level: int = 0
-    """1: after each metrics line, print Megatron-Core's timers (forward-backward, batch-generator,
-    optimizer, save-checkpoint: per iteration, across ranks as timing_log_option says). 0: only
-    record them (the slowest rank's) in metrics.jsonl, TensorBoard and W&B."""
-    timing_log_option: Literal["minmax", "max", "all"] = "minmax"
-    """How timing_log_level 1 prints each timer: min and max over ranks, max only, or every rank."""
-    mfu_peak_tflops: float | None = None
-    """Dense bf16/fp16 peak TFLOP/s of one device, for MFU. None: from the device's name (H100 SXM,
-    PCIe or NVL, H200, A100, B200, GB200, MI300X, ...); no MFU on CPU or an unlisted device."""
-    eval_interval: int = 1000
-    """Evaluate on the validation split every this many iterations (and at the end)."""
-    eval_iters: int = 10
-    """Validation batches (of global_batch_size sequences) per evaluation; 0 disables
-    evaluation."""
-    log_dir: str | None = None
-    """Directory for the metrics log. None: the save directory (no metrics file when both are
-    unset)."""
-    tensorboard_dir: str | None = None
-    """Directory for TensorBoard event files with the scalars of metrics.jsonl and W&B (loss, lr,
-    grad norm, throughput, step times, memory, validation loss). None: no TensorBoard."""
-    wandb_project: str | None = None
-    """Weights & Biases project to log to. None: no W&B logging."""
-    wandb_exp_name: str | None = None
-    """Weights & Biases run name. None: W&B picks one."""
-    wandb_mode: Literal["online", "offline", "disabled"] = "online"
-    """Weights & Biases mode, used only when wandb_project is set."""
-
     def __post_init__(self) -> None:
         for name, field_type in field_types().items():
             setattr(self, name, checked_value(name, getattr(self, name), field_type))
@@ -409,21 +380,3 @@ class TrainConfig(DerivedValues):
 def field_types() -> dict[str, FieldType]:
     """Each field's :class:`~headless_megatron.config.fields.FieldType`, in declaration order."""
     return annotated_types(TrainConfig)
-
-
-def field_defaults() -> dict[str, Any]:
-    """Each field's default value (``dataclasses.MISSING`` for a required field)."""
-    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-
-
-def required_fields(values: dict[str, Any] | None = None) -> list[str]:
-    """The fields a config must set: those without a default, and train_iters unless ``values``
-    give train_samples (which sets it)."""
-    required = [
-        f.name for f in dataclasses.fields(TrainConfig)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if (values or {}).get("train_samples") is None:
-        required.insert(required.index("global_batch_size") + 1, "train_iters")
-    return required
-

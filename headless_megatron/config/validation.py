@@ -28,6 +28,7 @@ def validate(config: TrainConfig, world_size: int) -> None:
     _validate_objective(config)
     _validate_training(config)
     _validate_layout(config, world_size)
+    _validate_profile(config, world_size)
     _validate_kernels(config)
 
 
@@ -177,6 +178,19 @@ def _validate_samples(config: TrainConfig) -> None:
     if wsd is not None and wsd > decay - config.lr_warmup_samples:
         fail("lr_wsd_decay_samples", f"{wsd} does not fit after the {config.lr_warmup_samples} warmup samples in "
              f"lr_decay_samples {decay} (train_samples when unset)")
+
+
+def _validate_profile(config: TrainConfig, world_size: int) -> None:
+    if not config.profile:
+        return
+    if config.profile_step_end <= config.profile_step_start:
+        fail("profile_step_end",
+             f"{config.profile_step_end} must be above profile_step_start {config.profile_step_start}")
+    outside = [rank for rank in config.profile_ranks or [] if not 0 <= rank < world_size]
+    if outside:
+        fail("profile_ranks", f"rank {outside[0]} does not exist in a world of {world_size} ranks")
+    if config.use_pytorch_profiler and not (config.tensorboard_dir or config.metrics_dir):
+        fail("profile", "needs tensorboard_dir, log_dir or save for the traces")
 
 
 def _validate_retention(config: TrainConfig) -> None:

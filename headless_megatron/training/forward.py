@@ -9,6 +9,7 @@ import torch
 
 from headless_megatron.models.family import ModelFamily
 from headless_megatron.training.metrics import CandidateCounter
+from headless_megatron.training.profiling import backward_range
 
 
 def loss_func(loss_mask, count_candidates, output):
@@ -21,14 +22,19 @@ def loss_func(loss_mask, count_candidates, output):
 
 
 def forward_step(data_iterator, model, *, device, family: ModelFamily, candidates: CandidateCounter | None,
-                 batch_timer=None):
+                 batch_timer=None, profiled: bool = False):
     """One micro-batch through this model chunk; the last one's output is the per-token loss ``[b, s]``.
-    ``batch_timer``: Megatron-Core's timer of the wait for the data (training only)."""
+    ``batch_timer``: Megatron-Core's timer of the wait for the data (training only); ``profiled``:
+    the ranges ``forward`` and ``backward`` in a profile (``training/profiling.py``)."""
     if batch_timer is not None:
         batch_timer.start()
     batch = {key: value.to(device, non_blocking=True) for key, value in next(data_iterator).items()}
     if batch_timer is not None:
         batch_timer.stop()
-    output = family.forward(model, batch)
+    if profiled:
+        with torch.profiler.record_function("forward"):
+            output = backward_range(family.forward(model, batch))
+    else:
+        output = family.forward(model, batch)
     count = partial(candidates.add, batch["labels"], batch["loss_mask"]) if candidates is not None else None
     return output, partial(loss_func, batch["loss_mask"], count)

@@ -19,7 +19,6 @@ import math
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -41,8 +40,6 @@ from headless_megatron.models.registry import build_model_stage, family_of, vali
 from headless_megatron.runtime.determinism import use_deterministic_algorithms
 from headless_megatron.runtime.distributed import init_distributed, naming_lost_ranks, on_rank_zero_for_all
 from headless_megatron.runtime.launch import launch_world_size
-from headless_megatron.training.async_save import BackgroundSaves
-from headless_megatron.training.checkpoint import save_checkpoint
 from headless_megatron.training.forward import forward_step
 from headless_megatron.training.metrics import (
     CandidateCounter,
@@ -52,8 +49,8 @@ from headless_megatron.training.metrics import (
     transformer_flops_per_token,
 )
 from headless_megatron.training.optimizer import build_optimizer, build_scheduler, scheduler_increment
+from headless_megatron.training.profiling import StepProfiler
 from headless_megatron.training.resume import DataIdentity, resume
-from headless_megatron.training.retention import apply_retention
 from headless_megatron.training.run_directory import (
     lock_run_directories,
     metrics_file,
@@ -61,6 +58,7 @@ from headless_megatron.training.run_directory import (
     wandb_run_id,
     write_resolved_config,
 )
+from headless_megatron.training.saving import RunSaves
 from headless_megatron.training.signals import StopConditions, kill_helpers_at_exit
 
 
@@ -164,14 +162,14 @@ class Trainer:
         # schedules and finalize_model_grads time their own parts through the TransformerConfig.
         self.timers = self.transformer_config.timers = megatron_timers(config.timing_log_option)
         self.eval_forward_step = partial(forward_step, device=device, family=self.family, candidates=self.candidates)
-        self.forward_step = partial(self.eval_forward_step, batch_timer=self.timers("batch-generator"))
-        self.checkpoint: str | None = None
-        self.background_saves = BackgroundSaves() if config.async_save else None
+        self.forward_step = partial(self.eval_forward_step, batch_timer=self.timers("batch-generator"),
+                                    profiled=config.profile)
         self.logger = MetricsLogger(
             config, config.metrics_dir, self.iteration, dist.get_rank() == 0, self.world_size,
             wandb_id=wandb_run_id(config.metrics_dir, dist.get_rank() == 0) if config.wandb_enabled else None,
             timers=self.timers,
         )
+        self.saves = RunSaves(config, self.timers, self.logger.message)
         self.flops_per_token = transformer_flops_per_token(config)
         dp, rank = ps.get_data_parallel_world_size(), dist.get_rank()
         self.rampup = config.rampup_calculator(dp, rank) if config.rampup_batch_size else None
@@ -276,30 +274,14 @@ class Trainer:
         return max(config.train_iters * config.global_batch_size, self.consumed_train_samples + remaining)
 
     def save(self, iteration: int) -> None:
-        """Save ``iteration``: at once, or with ``async_save`` started in the background (after the
-        write in flight, if any, has finished)."""
+        """Save ``iteration`` (``training/saving.py``: at once or in the background)."""
         common = {"config": self.config.to_dict(), "consumed_train_samples": self.consumed_train_samples,
                   "data": self.data_identity.to_dict()}
-        state = (self.config.save, iteration, self.model_chunks, self.optimizer, self.scheduler, common)
-        self.timers("save-checkpoint").start()
-        if self.background_saves is None:
-            self._published(save_checkpoint(*state))
-        else:
-            self._published(self.background_saves.finish())
-            self.background_saves.start(*state)
-        self.timers("save-checkpoint").stop()
+        self.saves.save(iteration, self.model_chunks, self.optimizer, self.scheduler, common)
 
     def finish_saves(self) -> None:
         """Wait for the checkpoint being written in the background, if any (collective)."""
-        if self.background_saves is not None:
-            self._published(self.background_saves.finish())
-
-    def _published(self, path: Path | None) -> None:
-        if path is None:
-            return
-        self.checkpoint = str(path)
-        self.logger.message(f"saved checkpoint {path}")
-        apply_retention(self.config, self.logger.message)
+        self.saves.finish()
 
     def train_step(self, data) -> tuple[float, float | None, float]:
         """One optimizer step over a global batch; returns (mean loss, grad norm, FLOPs).
@@ -339,7 +321,8 @@ class Trainer:
             return loss, None, flops
         self.skipped_in_a_row = 0
         self.timers("optimizer").start()
-        update_ok, grad_norm, _ = self.optimizer.step()
+        with torch.profiler.record_function("optimizer"):
+            update_ok, grad_norm, _ = self.optimizer.step()
         self.timers("optimizer").stop()
         if update_ok:
             self.scheduler.step(increment=scheduler_increment(self.config, self.global_batch))
@@ -355,6 +338,7 @@ class Trainer:
         config = self.config
         stop = StopConditions(config.exit_signal_handler, config.exit_duration_in_mins, config.exit_interval)
         data = self.train_data_iterator()
+        profiler = StepProfiler(config, dist.get_rank(), self.iteration + 1)
         losses, val_loss, saved_at, stopped_by = [], None, self.iteration, ""
         for chunk in self.model_chunks:
             chunk.train()
@@ -363,6 +347,7 @@ class Trainer:
                 iteration_started = time.perf_counter()
                 loss, grad_norm, flops = self.train_step(data)
                 losses.append(loss)
+                profiler.step()
                 self.logger.train(
                     self.iteration, loss, self.optimizer.param_groups[0]["lr"], grad_norm,
                     time.perf_counter() - iteration_started, flops, self.consumed_train_samples,
@@ -373,8 +358,7 @@ class Trainer:
                 if config.eval_interval and config.eval_iters and (self.iteration % config.eval_interval == 0 or last):
                     val_loss = self.evaluate()
                     self.logger.validation(self.iteration, val_loss)
-                if self.background_saves is not None:
-                    self._published(self.background_saves.poll())
+                self.saves.poll()
                 if config.save and config.save_interval and self.iteration % config.save_interval == 0:
                     self.save(self.iteration)
                     saved_at = self.iteration
@@ -390,11 +374,12 @@ class Trainer:
                 self.save(self.iteration)
             self.finish_saves()  # the run ends when its last checkpoint is written
         finally:
+            profiler.close()
             stop.restore()
             shut_down_workers(data)
             release_run_directories(self.directory_locks)
         self.logger.close()
         metrics = metrics_file(config)
-        return RunSummary(self.iteration, losses[-1] if losses else float("nan"), val_loss, self.checkpoint,
+        return RunSummary(self.iteration, losses[-1] if losses else float("nan"), val_loss, self.saves.latest,
                           None if metrics is None else str(metrics),
                           losses, stopped_by, self.skipped_iterations)

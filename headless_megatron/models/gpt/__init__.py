@@ -12,7 +12,8 @@ so that validating a config stays cheap.
 from __future__ import annotations
 
 from headless_megatron.config.fields import fail
-from headless_megatron.config.schema import TrainConfig, field_defaults
+from headless_megatron.config.loader import field_defaults
+from headless_megatron.config.schema import TrainConfig
 
 # Keys of the masked-LM objective: a decoder learns every next token, so a value set here for a GPT
 # would be ignored without a word.
