@@ -110,6 +110,8 @@ def _run_command(argv: list[str], nproc: int | None) -> int:
     if nproc is not None and argv[0] in SINGLE_PROCESS_COMMANDS:
         raise UsageError(f"{NPROC_FLAG}: {argv[0]} does not run on ranks; {SINGLE_PROCESS_COMMANDS[argv[0]]}")
     command, args = _parse_command(argv)
+    if getattr(args, "dry_run", None) is not None:  # pretrain/finetune --dry-run: no rank starts
+        return command.dry_run(args, args.dry_run or nproc or 1)
     if nproc is not None:
         # A mistake in the configuration is reported here, once, before any rank starts.
         _validate_for_launch(command, args, nproc)

@@ -9,3 +9,4 @@ add_arguments = pretrain.add_arguments
 reject_unknown_arguments = pretrain.reject_unknown_arguments
 validate_for_launch = partial(pretrain.validate_for_launch, command="finetune")
 run = partial(pretrain.run, command="finetune")
+dry_run = partial(pretrain.dry_run, command="finetune")

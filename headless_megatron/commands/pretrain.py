@@ -16,6 +16,32 @@ def add_arguments(parser) -> None:
     from headless_megatron.config import add_config_arguments
 
     add_config_arguments(parser)
+    parser.add_argument(
+        "--dry-run", nargs="?", const=0, type=int, metavar="WORLD_SIZE",
+        help="print the memory each rank needs per pipeline stage (parameters, gradients, optimizer state, "
+             "activations, head) for WORLD_SIZE ranks (default: --nproc-per-node, else 1) and the resolved "
+             "config as YAML, then exit without starting any rank")
+
+
+def dry_run(args, world_size: int, command: str = "pretrain") -> int:
+    """``--dry-run``: the checks of a launch, the memory plan and the resolved config; no rank starts."""
+    import yaml
+
+    from headless_megatron.data.tokenizer import load_tokenizer, tokenizer_for_dataset
+    from headless_megatron.models.registry import validate_config
+    from headless_megatron.training.memory_plan import plan_table
+
+    config = _config(args, command)
+    validate_config(config, world_size)
+    vocab = config.vocab_size
+    if vocab is None:
+        tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else \
+            tokenizer_for_dataset(config.data_blend()[0][0])
+        vocab = tokenizer.vocab_size
+    print(plan_table(config, world_size, config.padded_vocab_size(vocab)))
+    print("\nresolved config:")
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    return 0
 
 
 def reject_unknown_arguments(unknown: list[str]) -> None:

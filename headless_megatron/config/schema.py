@@ -366,7 +366,9 @@ class TrainConfig(ReportingFields, DerivedValues):
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain YAML/JSON-serialisable values, in declaration order (for
         checkpoints and metrics; :func:`~headless_megatron.config.loader.config_from_dict` reads it back)."""
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        reporting = [field.name for field in dataclasses.fields(ReportingFields)]  # a base: listed last
+        return {**{k: v for k, v in values.items() if k not in reporting}, **{k: values[k] for k in reporting}}
 
     def to_yaml(self, path: str | Path) -> None:
         """Write every field to a YAML file that

@@ -68,6 +68,11 @@ class ModelFamily(Protocol):
         """Positions of an iteration of ``tokens`` tokens that ``loss: ce`` projects onto the
         vocabulary, given its ``loss_positions`` (the FLOP count of the head)."""
 
+    def stage_parameters(self, config: TrainConfig, padded_vocab: int, tp: int, *, first: bool, last: bool) -> int:
+        """Parameters of a pipeline stage outside its transformer layers, on one TP rank: the
+        embeddings of the ``first`` stage, the final norm and head of the ``last`` (the memory plan,
+        ``training/memory_plan.py``)."""
+
     def hf_conversions(self) -> tuple[type[Conversion], ...]:
         """Its Hugging Face conversions (``export-hf`` and ``import-hf``), one per HF class, none when
         it has none; an export without ``--model-type`` takes the first that represents the

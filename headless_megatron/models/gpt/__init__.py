@@ -59,6 +59,18 @@ class GPTFamily:
     def projected_positions(self, config: TrainConfig, loss_positions: int, tokens: int) -> int:
         return tokens
 
+    def stage_parameters(self, config: TrainConfig, padded_vocab: int, tp: int, *, first: bool, last: bool) -> int:
+        h = config.hidden_size
+        count = 0
+        if first:
+            count += padded_vocab // tp * h
+            count += config.max_positions * h if config.position_embedding_type == "learned_absolute" else 0
+        if last:
+            count += h * (2 if config.normalization == "LayerNorm" else 1)  # the final norm
+            # the output layer: its own weight untied, else a copy of the embeddings on a later stage
+            count += padded_vocab // tp * h if config.untie_embeddings_and_output_weights or not first else 0
+        return count
+
     def hf_conversions(self):
         from headless_megatron.models.gpt.hf_gpt2 import GPT2Conversion
         from headless_megatron.models.gpt.hf_llama import LlamaConversion
