@@ -89,6 +89,50 @@ def test_a_failed_collective_names_the_rank_that_did_not_answer_and_its_host():
         assert line.endswith(f"; lost or hung: rank 2 ({host}), silent for 2s"), line
 
 
+def _collective_with_rank_zero_stopped():
+    """Rank 0, which hosts the rendezvous store, stops (SIGSTOP) before the collective; rank 1 wakes
+    it once the census has named it."""
+    import contextlib
+    import io
+    import os
+    import signal
+    import socket
+
+    import torch
+    import torch.distributed as dist
+
+    from headless_megatron.runtime.distributed import naming_lost_ranks
+
+    init_distributed(timeout_minutes=0.1)
+    store = dist.distributed_c10d._get_default_store()
+    if dist.get_rank() == 0:
+        store.set("pid", str(os.getpid()))
+        dist.barrier()
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return None
+    stopped = int(store.get("pid"))
+    dist.barrier()
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), pytest.raises(RuntimeError):
+            with naming_lost_ranks(wait_seconds=2):
+                dist.all_reduce(torch.ones(1))
+    finally:
+        if dist.get_rank() == 1:
+            os.kill(stopped, signal.SIGCONT)
+    return printed.getvalue().strip(), socket.gethostname()
+
+
+def test_a_census_without_the_store_names_the_ranks_on_the_stores_node():
+    results = run_on_ranks(_collective_with_rank_zero_stopped, 3, timeout=120)
+    for rank, (line, host) in enumerate(results[1:], 1):
+        assert line.startswith(f"rank {rank}: a collective failed (")
+        assert "the rendezvous store at 127.0.0.1 does not answer either (" in line, line
+        # Every rank of this test runs on the store's host, so all the others are named.
+        others = ", ".join(f"{other} ({host})" for other in range(3) if other != rank)
+        assert line.endswith(f"lost or hung: ranks {others}, the node of the store"), line
+
+
 def _error_outside_a_collective():
     from headless_megatron.runtime.distributed import naming_lost_ranks
 

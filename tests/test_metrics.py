@@ -1,6 +1,11 @@
 """FLOP accounting and the rank-0 metrics log."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,10 +15,13 @@ from local_ranks import run_on_ranks
 
 from headless_megatron.config import parse_config
 from headless_megatron.training.metrics import (
+    COMPUTE_TIMERS,
     FLOPS_CONVENTION,
     MEMORY_KEY,
+    TIMER_NAMES,
     CandidateCounter,
     MetricsLogger,
+    RankStats,
     head_flops,
     peak_flops_per_device,
     transformer_flops_per_token,
@@ -240,6 +248,42 @@ def test_the_log_names_the_slowest_rank_and_megatron_timers_per_iteration(datase
     assert "save_checkpoint_seconds" not in records[0] and records[1]["save_checkpoint_seconds"] > 0
     assert "slowest rank 1)" in printed and "(min, max) time across ranks (ms):" in printed
     assert printed.count("    forward-compute ....") == 2
+
+
+_STALLED_CHILD = """
+import sys, time
+from headless_megatron.training.metrics import StallWatch
+watch = StallWatch()
+print("ready", flush=True)
+time.sleep(float(sys.argv[1]))
+print(watch.take(), flush=True)
+"""
+
+
+def test_the_stall_watch_measures_how_long_the_process_was_stopped():
+    child = subprocess.Popen([sys.executable, "-c", _STALLED_CHILD, "3"], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"
+    time.sleep(0.3)
+    os.kill(child.pid, signal.SIGSTOP)
+    time.sleep(1.5)
+    os.kill(child.pid, signal.SIGCONT)
+    stalled = float(child.stdout.readline())
+    assert child.wait(timeout=30) == 0
+    assert 1.2 < stalled < 2.0, stalled
+
+
+def test_a_stalled_rank_is_the_slowest_though_its_tensor_parallel_peer_waited_as_long():
+    timers = {name: 0.0 for name in TIMER_NAMES}
+
+    def row(seconds, compute, stalled):
+        return [seconds, 2**30, stalled, *[compute / 2 if name in COMPUTE_TIMERS else timers[name]
+                                           for name in TIMER_NAMES]]
+
+    # Rank 3 was stopped for 4 s in its forward pass; rank 2 waited for it in the same layers.
+    ranks = RankStats([row(4.5, 0.3, 0.0), row(4.5, 0.3, 0.0), row(4.5, 4.3, 0.0), row(4.5, 4.25, 4.0)])
+    assert ranks.slowest == 3 and ranks.slowest_stalled == 4.0
+    assert (ranks.min_compute, ranks.max_compute) == (0.3, 4.3)
+    assert RankStats([row(0.5, 0.3, 0.0), row(0.5, 0.4, 0.0)]).slowest_stalled == 0.0
 
 
 @pytest.mark.parametrize("name, teraflops", [

@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -26,10 +27,12 @@ from headless_megatron.errors import UserError, first_line
 from headless_megatron.runtime import cpu
 from headless_megatron.runtime.processes import kill_children
 
-# Keys of the rendezvous store (the TCP store on MASTER_ADDR) that say where each rank runs and,
-# after a failed collective, which ranks are still alive.
-_HOST_KEY = "headless_megatron/host/{rank}"
+# The key of the rendezvous store (the TCP store on MASTER_ADDR) that says, after a failed
+# collective, which ranks are still alive.
 _ALIVE_KEY = "headless_megatron/alive/{rank}"
+# Every rank's host name, by rank: gathered once at start-up, so that a census can name the hosts
+# of lost ranks even when the store went with them.
+_rank_hosts: list[str] = []
 
 
 def map_slurm_environment(environ: dict | None = None) -> None:
@@ -98,8 +101,8 @@ def init_distributed(
                 timeout=timeout,
             )
     layout.data_parallel_size(dist.get_world_size())
-    if dist.get_world_size() > 1:
-        _store().set(_HOST_KEY.format(rank=dist.get_rank()), socket.gethostname())
+    _rank_hosts[:] = [""] * dist.get_world_size()
+    dist.all_gather_object(_rank_hosts, socket.gethostname())
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
@@ -152,22 +155,50 @@ def _census(wait_seconds: float) -> str:
     rank, world = dist.get_rank(), dist.get_world_size()
     store = _store()
     store.set_timeout(datetime.timedelta(seconds=wait_seconds))
-    try:
-        store.set(_ALIVE_KEY.format(rank=rank), "1")
-        silent = [other for other in range(world) if other != rank]
-        deadline = time.monotonic() + wait_seconds
-        while silent and time.monotonic() < deadline:
-            time.sleep(0.5)
-            silent = [other for other in silent if not store.check([_ALIVE_KEY.format(rank=other)])]
-        hosts = {other: store.get(_HOST_KEY.format(rank=other)).decode() for other in silent}
-    except RuntimeError as error:
-        # The store lives in rank 0 (srun) or in the first node's torchrun: gone with it.
-        return f"the rendezvous store at {os.environ.get('MASTER_ADDR')} does not answer either " \
-               f"({first_line(error)}): the first node or rank 0 is lost or hung"
-    if not silent:
+    answer: dict = {}
+
+    def check_in() -> None:
+        try:
+            store.set(_ALIVE_KEY.format(rank=rank), "1")
+            silent = [other for other in range(world) if other != rank]
+            deadline = time.monotonic() + wait_seconds
+            while silent and time.monotonic() < deadline:
+                time.sleep(0.5)
+                silent = [other for other in silent if not store.check([_ALIVE_KEY.format(rank=other)])]
+            answer["silent"] = silent
+        except RuntimeError as error:
+            answer["error"] = first_line(error)
+
+    # A store whose process is stopped keeps its connections open, and a check() on it never
+    # returns: ask from a thread and give up on it after the census' own wait.
+    asking = threading.Thread(target=check_in, name="census", daemon=True)
+    asking.start()
+    asking.join(wait_seconds + 5)
+    if "silent" not in answer:
+        # The store lives in rank 0 (srun) or in the first node's torchrun: lost with that node.
+        store_host = os.environ.get("MASTER_ADDR", "")
+        why = answer.get("error", f"no answer in {wait_seconds + 5:.0f}s")
+        lost = [other for other in range(world) if other != rank and _same_host(_rank_hosts[other], store_host)]
+        named = f": {_lost_or_hung(lost)}, the node of the store" if lost else ""
+        return f"the rendezvous store at {store_host} does not answer either ({why}){named}"
+    if not answer["silent"]:
         return "every rank is still alive, so no rank was lost"
-    named = ", ".join(f"{other} ({hosts[other]})" for other in silent)
-    return f"lost or hung: rank{'s' if len(silent) > 1 else ''} {named}, silent for {wait_seconds:.0f}s"
+    return f"{_lost_or_hung(answer['silent'])}, silent for {wait_seconds:.0f}s"
+
+
+def _lost_or_hung(ranks: list[int]) -> str:
+    named = ", ".join(f"{other} ({_rank_hosts[other]})" for other in ranks)
+    return f"lost or hung: rank{'s' if len(ranks) > 1 else ''} {named}"
+
+
+def _same_host(host: str, address: str) -> bool:
+    """Whether the host name ``host`` is ``address`` (a name, short or full, or an IP address)."""
+    if host == address or (not address[:1].isdigit() and host.split(".")[0] == address.split(".")[0]):
+        return True
+    try:
+        return socket.gethostbyname(host) == socket.gethostbyname(address)
+    except OSError:
+        return False
 
 
 def destroy_distributed() -> None:

@@ -342,6 +342,7 @@ class Trainer:
         losses, val_loss, saved_at, stopped_by = [], None, self.iteration, ""
         for chunk in self.model_chunks:
             chunk.train()
+        self.logger.training_started()
         try:
             while self.iteration < config.train_iters:
                 iteration_started = time.perf_counter()

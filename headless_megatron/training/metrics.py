@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -164,26 +165,68 @@ class IntervalStats:
         return peak
 
 
+class StallWatch:
+    """Seconds this process was not running at all since the last :meth:`take`: stopped (SIGSTOP, a
+    debugger), throttled by its cgroup's CPU quota, swapped out, or its Python threads starved.
+
+    A daemon thread wakes every ``tick`` seconds; a wake-up later than ``threshold`` counts, less
+    the tick, as a stall. The compute timers cannot tell such a rank apart from its tensor-parallel
+    peers, which wait for it inside the same layers; this can.
+    """
+
+    def __init__(self, tick: float = 0.1, threshold: float = 0.5):
+        self.tick, self.threshold = tick, threshold
+        self.stalled = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stall-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.tick):
+            now = time.monotonic()
+            if now - last > self.threshold:
+                with self._lock:
+                    self.stalled += now - last - self.tick
+            last = now
+
+    def take(self) -> float:
+        """The stalled seconds since the last call."""
+        with self._lock:
+            stalled, self.stalled = self.stalled, 0.0
+        return stalled
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class RankStats:
-    """Every rank's interval, gathered: the step time's spread, the memory peak and each timer's
-    slowest rank."""
+    """Every rank's interval, gathered: the step time's spread, the memory peak, the stalls and each
+    timer's slowest rank."""
 
     def __init__(self, rows: list[list[float]]):
         seconds = [row[0] for row in rows]
         self.min_seconds, self.max_seconds = min(seconds), max(seconds)
         self.memory_gib = max(row[1] for row in rows) / 2**30
-        self.timers = [max(row[2 + index] for row in rows) for index in range(len(rows[0]) - 2)]
+        stalled = [row[2] for row in rows]
+        self.timers = [max(row[3 + index] for row in rows) for index in range(len(rows[0]) - 3)]
         # Ranks wait for each other in every collective, so their step times come out nearly equal:
-        # the straggler is the rank whose own compute (forward and backward) took longest.
-        compute = [sum(row[2 + TIMER_NAMES.index(name)] for name in COMPUTE_TIMERS) for row in rows] \
+        # the straggler is the rank whose own compute (forward and backward) took longest. A rank
+        # that stopped running has its stall added: its tensor-parallel peers waited as long inside
+        # the layers' all-reduces, so their compute grew as much as its own.
+        compute = [sum(row[3 + TIMER_NAMES.index(name)] for name in COMPUTE_TIMERS) for row in rows] \
             if self.timers else seconds
-        self.slowest = compute.index(max(compute))
         self.min_compute, self.max_compute = min(compute), max(compute)
+        own_time = [c + s for c, s in zip(compute, stalled, strict=True)]
+        self.slowest = own_time.index(max(own_time))
+        self.slowest_stalled = stalled[self.slowest]
 
     @classmethod
-    def gather(cls, seconds: float, memory: int, timers: list[float], world_size: int) -> RankStats:
+    def gather(cls, seconds: float, memory: int, stalled: float, timers: list[float], world_size: int) -> RankStats:
         """One all-gather of every rank's numbers (a collective call)."""
-        mine = torch.tensor([seconds, float(memory), *timers], dtype=torch.float64)
+        mine = torch.tensor([seconds, float(memory), stalled, *timers], dtype=torch.float64)
         if world_size == 1 or not torch.distributed.is_initialized():
             return cls([mine.tolist()])
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else mine.device
@@ -200,6 +243,7 @@ class MetricsLogger:
         self.config = config
         self.timers = timers
         self.interval = IntervalStats()
+        self.stalls: StallWatch | None = None
         self.rank_zero = rank_zero
         self.world_size = world_size
         self.start_iteration = start_iteration
@@ -251,6 +295,10 @@ class MetricsLogger:
         else:
             print(line, flush=True)
 
+    def training_started(self) -> None:
+        """Start counting stalls: from here on (start-up is not a stall)."""
+        self.stalls = self.stalls or StallWatch()
+
     def train(self, iteration: int, loss: float, lr: float, grad_norm: float | None, seconds: float,
               flops: float, consumed_samples: int, tokens: int, skipped: int = 0) -> None:
         """Record one iteration of ``tokens`` tokens; every ``log_interval`` iterations and at the
@@ -263,8 +311,9 @@ class MetricsLogger:
             return
         interval, self.interval = self.interval, IntervalStats()
         timer_seconds = [self.timers(name).elapsed(reset=False) for name in TIMER_NAMES] if self.timers else []
-        ranks = RankStats.gather(interval.seconds / interval.iterations, interval.memory_peak(), timer_seconds,
-                                 self.world_size)
+        ranks = RankStats.gather(interval.seconds / interval.iterations, interval.memory_peak(),
+                                 self.stalls.take() if self.stalls else 0.0,
+                                 timer_seconds, self.world_size)
         timers_line = self._timers_line(interval.iterations)
         if not self.rank_zero:
             return
@@ -283,6 +332,7 @@ class MetricsLogger:
             "iteration_seconds_min": ranks.min_seconds,
             "iteration_seconds_max": ranks.max_seconds,
             "slowest_rank": ranks.slowest,
+            "slowest_rank_stalled_seconds": ranks.slowest_stalled,
             MEMORY_KEY: ranks.memory_gib,
             "elapsed_seconds": time.monotonic() - self.started,
             "consumed_samples": consumed_samples,
@@ -297,8 +347,9 @@ class MetricsLogger:
         norm = "n/a" if grad_norm is None or math.isnan(grad_norm) else f"{grad_norm:.3f}"
         mfu = f" | MFU {record['mfu']:.1%}" if peak else ""
         compute = f"{ranks.min_compute / interval.iterations:.3f}-{ranks.max_compute / interval.iterations:.3f}"
+        stalled = f", stalled {ranks.slowest_stalled:.1f} s" if ranks.slowest_stalled else ""
         spread = f" ({ranks.min_seconds:.3f}-{ranks.max_seconds:.3f} s; compute {compute} s, slowest rank " \
-                 f"{ranks.slowest})" if self.world_size > 1 else ""
+                 f"{ranks.slowest}{stalled})" if self.world_size > 1 else ""
         self._print(
             f"iteration {iteration:>7d}/{self.config.train_iters} | loss {loss:.4f} | lr {lr:.3e} | "
             f"grad norm {norm} | {record['tokens_per_sec']:,.0f} tokens/s | {tflops:.3f} TFLOP/s/device "
@@ -330,6 +381,8 @@ class MetricsLogger:
             self._print(text)
 
     def close(self) -> None:
+        if self.stalls is not None:
+            self.stalls.close()
         if self.progress is not None:
             self.progress.close()
         if self.wandb is not None:
