@@ -49,6 +49,8 @@ def _free_port() -> int:
 class LocalSlurm:
     """A one-node cluster whose daemons live as long as this object; see the module docstring."""
 
+    slurmd_timeout = 300  # SLURM's default: seconds without an answer from a slurmd before its node is DOWN
+
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         self.node = socket.gethostname().split(".")[0]  # slurmd finds its node by `hostname -s`
@@ -102,6 +104,7 @@ SlurmctldLogFile={d / "log/slurmctld.log"}
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 InactiveLimit=0
+SlurmdTimeout={self.slurmd_timeout}
 MinJobAge=600
 KillWait=30
 Waittime=0
@@ -253,6 +256,9 @@ class TwoNodeSlurm(LocalSlurm):
     """
 
     NODES = ("hm-node1", "hm-node2")
+    # A lost slurmd is noticed within seconds (pings every third of this), not minutes; still far
+    # more than a loaded test machine needs to answer a ping.
+    slurmd_timeout = 20
 
     def __init__(self, directory: str | os.PathLike, cpus_per_node: int = 4):
         super().__init__(directory)
@@ -329,6 +335,23 @@ SlurmdLogFile={d / "log/slurmd-%n.log"}""",
             self.stop()
             raise
         return super().start(timeout)
+
+    def kill_slurmd(self, node: str) -> None:
+        """SIGKILL ``node``'s slurmd; its job steps (their slurmstepd) go on without it."""
+        process = self.daemons.pop(node)
+        process.kill()
+        process.wait()
+
+    def start_slurmd(self, node: str) -> None:
+        """Start ``node``'s slurmd again (after :meth:`kill_slurmd`); it finds its node's job steps."""
+        with open(self.directory / "log" / f"{node}.out", "a") as out:
+            self.daemons[node] = subprocess.Popen(self._daemon_commands()[node], env=self.env, stdout=out,
+                                                  stderr=subprocess.STDOUT)
+
+    def node_state(self, node: str) -> str:
+        """``scontrol show node``'s State, e.g. IDLE, ALLOCATED, DOWN+NOT_RESPONDING."""
+        text = self._run("scontrol", "show", "node", "-o", node).stdout
+        return dict(field.split("=", 1) for field in text.split() if "=" in field)["State"]
 
     def processes_on(self, node: str) -> list[int]:
         """PIDs of every process in ``node``'s network namespace (its slurmd, the job steps)."""

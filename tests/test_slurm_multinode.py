@@ -40,6 +40,10 @@ TRAINING = (f"--train-iters {ITERS} --lr-warmup-iters 2 --eval-iters 0 --num-wor
 # How long survivors wait for a lost or stopped rank in a fault test: short, but longer than any
 # wait in a healthy tiny run on 2 shared cores (start-up, the index build, a checkpoint save).
 FAULT_TIMEOUT_MINUTES = 0.25
+# The slow tests' runs: long enough to outlast a SLURM time-limit warning (sent up to 30 s late: the
+# controller checks limits every 30 s) and the controller's notice of a lost slurmd.
+LONG_ITERS = 200
+LONG = f"--train-iters {LONG_ITERS} --save-interval 10"
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +52,14 @@ def cluster(tmp_path_factory):
         yield running
 
 
-def submit(cluster, run_dir, dataset, nodes=2, launcher="srun", extra=""):
-    """pretrain_gpt.sbatch on ``nodes`` nodes, 4 ranks in all; the job's log goes to ``run_dir/job.out``."""
+def submit(cluster, run_dir, dataset, nodes=2, launcher="srun", extra="", options=()):
+    """pretrain_gpt.sbatch on ``nodes`` nodes, 4 ranks in all; the job's log goes to ``run_dir/job.out``.
+    sbatch ``options`` come last and override the others."""
     env = {"PYTHON": sys.executable, "CONFIG": "configs/gpt_headless_tiny.yaml", "DATA_PATH": dataset,
            "SAVE_DIR": str(run_dir / "run"), "LAUNCHER": launcher, "EXTRA_ARGS": f"{TRAINING} {extra}"}
     return cluster.sbatch(PRETRAIN, f"--nodes={nodes}", f"--ntasks-per-node={4 // nodes}", "--gpus-per-node=0",
-                          "--cpus-per-task=1", "--time=10", f"--output={run_dir / 'job.out'}", env=env, cwd=REPO)
+                          "--cpus-per-task=1", "--time=10", f"--output={run_dir / 'job.out'}", *options, env=env,
+                          cwd=REPO)
 
 
 def wait_until_done(cluster, job, run_dir):
@@ -69,6 +75,15 @@ def one_node(cluster, dataset, tmp_path_factory):
     job = submit(cluster, run_dir, dataset, nodes=1, launcher="torchrun")
     info = wait_until_done(cluster, job, run_dir)
     assert info["NodeList"] == "hm-node1"
+    return losses(run_dir)
+
+
+@pytest.fixture(scope="module")
+def one_node_long(cluster, dataset, tmp_path_factory):
+    """The reference of the slow tests: LONG_ITERS iterations, a minute of training."""
+    run_dir = tmp_path_factory.mktemp("one-node-long")
+    job = submit(cluster, run_dir, dataset, nodes=1, launcher="torchrun", extra=LONG)
+    wait_until_done(cluster, job, run_dir)
     return losses(run_dir)
 
 
@@ -91,7 +106,8 @@ def rank_processes(cluster, node) -> list[int]:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except FileNotFoundError:
             return False
-        return b"headless_megatron" in command and b"torch.distributed.run" not in command
+        return (b"headless_megatron" in command and b"torch.distributed.run" not in command
+                and not command[0].endswith(b"srun"))
 
     def parent(pid) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -105,60 +121,167 @@ def environment(pid) -> dict[str, str]:
     return dict(pair.decode().split("=", 1) for pair in pairs if b"=" in pair)
 
 
-def inject_after_a_checkpoint(cluster, job, run_dir, fault) -> float:
-    """Once a checkpoint is published and training went on past it, apply ``fault`` to the ranks of
-    the second node; return the time it took for the job to leave RUNNING (requeued or failed)."""
+def job_processes(cluster, node) -> list[int]:
+    """Every process of the job on ``node`` that SLURM did not start for itself: the batch shell and
+    srun (first node), torchrun's agent, the ranks and their DataLoader workers."""
+    def comm(pid) -> str:
+        try:
+            return Path(f"/proc/{pid}/comm").read_text().strip()
+        except FileNotFoundError:
+            return "slurmd"
+    return [pid for pid in cluster.processes_on(node) if comm(pid) not in ("slurmd", "slurmstepd")]
+
+
+def wait_for_a_checkpoint(cluster, job, run_dir, iterations=5) -> None:
+    """Until a checkpoint is published and training went on to ``iterations`` past the start."""
     deadline = time.monotonic() + 240
-    while not ((run_dir / "run" / "latest_checkpointed_iteration.txt").exists() and len(metrics(run_dir)) >= 5):
+    while not ((run_dir / "run" / "latest_checkpointed_iteration.txt").exists()
+               and len(metrics(run_dir)) >= iterations):
         assert time.monotonic() < deadline and not finished(cluster.job(job)), log(run_dir)
         time.sleep(0.2)
-    victims = rank_processes(cluster, "hm-node2")
-    assert len(victims) == 2, victims
-    fault(victims)
+
+
+def inject_after_a_checkpoint(cluster, job, run_dir, fault) -> float:
+    """Once a checkpoint is published and training went on past it, apply ``fault(cluster)``; return
+    the time it took for the job to leave RUNNING (requeued or failed)."""
+    wait_for_a_checkpoint(cluster, job, run_dir)
+    fault(cluster)
     injected = time.monotonic()
     cluster.wait(job, lambda info: info["JobState"] != "RUNNING", timeout=180, poll=0.2)
     return time.monotonic() - injected
 
 
-def kill(pids):
-    for pid in pids:
+def kill_the_second_nodes_ranks(cluster):
+    victims = rank_processes(cluster, "hm-node2")
+    assert len(victims) == 2, victims
+    for pid in victims:
         os.kill(pid, signal.SIGKILL)
 
 
-def stop_the_last(pids):
-    os.kill(pids[-1], signal.SIGSTOP)
+def kill_the_second_node(cluster):
+    """Every process of the job on the second node: its torchrun (or the ranks srun started), the
+    ranks and their workers, as when the node crashes (its slurmd stays: see the slurmd test)."""
+    victims = job_processes(cluster, "hm-node2")
+    assert len(victims) >= 2, victims
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
 
 
-# fault: (the line that names the lost ranks, the longest the step may take to end after it).
+def stop_the_last_rank(cluster):
+    os.kill(rank_processes(cluster, "hm-node2")[-1], signal.SIGSTOP)
+
+
+def stop_the_first_nodes_ranks(cluster):
+    """Ranks 0 and 1, and with rank 0 the rendezvous store that it hosts: for the ranks of the
+    second node, the first node is lost (they cannot tell a frozen node from a dead one)."""
+    victims = rank_processes(cluster, "hm-node1")
+    assert len(victims) == 2, victims
+    for pid in victims:
+        os.kill(pid, signal.SIGSTOP)
+
+
+# name: (launcher, fault, the lines that say what was lost, the longest the step may take to end).
 # A killed node: srun sees its tasks die and ends the step at once (--kill-on-bad-exit), naming
-# them. A stopped rank: the others time out in a collective (distributed_timeout_minutes), then
-# take up to 10 s to find and name the silent rank before they exit.
+# them; under torchrun the first node's ranks see their peers' connections close, and name them.
+# Stopped ranks: the others time out in a collective (distributed_timeout_minutes), then take up to
+# 10 s (15 s when the store does not answer) to name the silent ranks before they exit.
 FAULTS = {
-    kill: ("srun: error: hm-node2: tasks 2-3: Killed", 30),
-    stop_the_last: ("a collective failed ([", FAULT_TIMEOUT_MINUTES * 60 + 40),
+    "node-killed": ("srun", kill_the_second_nodes_ranks, ["srun: error: hm-node2: tasks 2-3: Killed"], 30),
+    "node-killed-torchrun": ("torchrun", kill_the_second_node, ["srun: error: hm-node2: task 1: Killed"], 30),
+    "rank-stopped": ("srun", stop_the_last_rank, [f"rank {survivor}: a collective failed ([" for survivor in (0, 1, 2)]
+                     + ["lost or hung: rank 3 (hm-node2), silent for 10s"] * 3, FAULT_TIMEOUT_MINUTES * 60 + 40),
+    "first-node-stopped": ("srun", stop_the_first_nodes_ranks,
+                           [f"rank {survivor}: a collective failed ([" for survivor in (2, 3)]
+                           + ["does not answer either (no answer in 15s): lost or hung: ranks 0 (hm-node1), "
+                              "1 (hm-node1), the node of the store"] * 2, FAULT_TIMEOUT_MINUTES * 60 + 45),
 }
-STOPPED_RANK = "lost or hung: rank 3 (hm-node2), silent for 10s"
 
 
-@pytest.mark.parametrize("fault", list(FAULTS), ids=["node-killed", "rank-stopped"])
+@pytest.mark.parametrize("name", list(FAULTS))
 def test_a_lost_node_or_hung_rank_fails_the_step_in_bounded_time_and_the_requeued_job_resumes(
-        cluster, dataset, one_node, fault, tmp_path):
-    job = submit(cluster, tmp_path, dataset,
+        cluster, dataset, one_node, name, tmp_path):
+    launcher, fault, said, bound = FAULTS[name]
+    job = submit(cluster, tmp_path, dataset, launcher=launcher,
                  extra=f"--save-interval 2 --distributed-timeout-minutes {FAULT_TIMEOUT_MINUTES}")
     ended_after = inject_after_a_checkpoint(cluster, job, tmp_path, fault)
-    said, bound = FAULTS[fault]
     text = log(tmp_path)
-    print(f"{fault.__name__}: the step ended {ended_after:.1f}s after the fault")
-    assert ended_after < bound and said in text, f"{ended_after:.0f}s\n{text}"
-    if fault is stop_the_last:
-        for survivor in (0, 1, 2):
-            assert f"rank {survivor}: a collective failed ([" in text, text
-        assert text.count(STOPPED_RANK) == 3, text
+    print(f"{name}: the step ended {ended_after:.1f}s after the fault")
+    assert ended_after < bound, f"{ended_after:.0f}s\n{text}"
+    for line in set(said):
+        assert text.count(line) >= said.count(line), f"{line!r} not in:\n{text}"
     restart_when_requeued(cluster, job, tmp_path)
     info = wait_until_done(cluster, job, tmp_path)
     text = log(tmp_path)
-    resumed_from = int(text.split("attempt 2 on 2 node(s) x 2 rank(s), launcher srun: iteration ")[1].split()[0])
-    print(f"{fault.__name__}: resumed from iteration {resumed_from}; "
-          f"{len(metrics(tmp_path)) - ITERS} iteration(s) trained twice")
+    resumed_from = int(text.split(f"attempt 2 on 2 node(s) x 2 rank(s), launcher {launcher}: iteration ")[1].split()[0])
+    print(f"{name}: resumed from iteration {resumed_from}; {len(metrics(tmp_path)) - ITERS} iteration(s) trained twice")
     assert resumed_from >= 2 and info["Restarts"] == "1" and tracker(tmp_path) == ITERS
-    assert_losses_close(losses(tmp_path), one_node, 1e-6, f"{fault.__name__} + requeued vs uninterrupted")
+    assert_losses_close(losses(tmp_path), one_node, 1e-6, f"{name} + requeued vs uninterrupted")
+
+
+def test_a_rank_stopped_for_seconds_is_named_the_slowest_and_the_job_completes(cluster, dataset, one_node, tmp_path):
+    """A straggler, not a failure: rank 3 stopped for 4 s, well within distributed_timeout_minutes."""
+    job = submit(cluster, tmp_path, dataset)
+    deadline = time.monotonic() + 240
+    while len(metrics(tmp_path)) < 3:
+        assert time.monotonic() < deadline and not finished(cluster.job(job)), log(tmp_path)
+        time.sleep(0.2)
+    slow = rank_processes(cluster, "hm-node2")[-1]
+    os.kill(slow, signal.SIGSTOP)
+    time.sleep(4)
+    os.kill(slow, signal.SIGCONT)
+    info = wait_until_done(cluster, job, tmp_path)
+    text = log(tmp_path)
+    stalled = [record for record in metrics(tmp_path) if record["slowest_rank_stalled_seconds"] > 2]
+    assert info["Restarts"] == "0" and len(stalled) == 1, text
+    assert stalled[0]["slowest_rank"] == 3 and 3.5 < stalled[0]["slowest_rank_stalled_seconds"] < 4.5, stalled
+    assert stalled[0]["iteration_seconds"] > 3.5
+    assert f"slowest rank 3, stalled {stalled[0]['slowest_rank_stalled_seconds']:.1f} s)" in text, text
+    assert_losses_close(losses(tmp_path), one_node, 1e-6, "a straggler vs none")
+
+
+@pytest.mark.slow
+def test_the_time_limit_warns_the_batch_shell_which_saves_requeues_and_the_run_resumes_exactly(
+        cluster, dataset, one_node_long, tmp_path):
+    """``--time=1 --signal=B:USR1@30``: the warning comes 30-60 s into each attempt; the attempt
+    saves and requeues itself before the limit, and the next one resumes, until training ends."""
+    job = submit(cluster, tmp_path, dataset, extra=LONG, options=("--time=1", "--signal=B:USR1@30"))
+    attempts = 1
+    while True:
+        info = cluster.wait(job, lambda info: finished(info) or info["JobState"] == "PENDING", timeout=240)
+        if finished(info):
+            break
+        attempts += 1
+        cluster.release(job)
+        cluster.wait(job, lambda info: info["JobState"] != "PENDING", timeout=120)
+    text = log(tmp_path)
+    print(f"time limit: {attempts} attempt(s)")
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == attempts - 1 >= 1, f"{info}\n{text}"
+    assert text.count("batch shell got SIGUSR1: passing it to the training step") == attempts - 1, text
+    stops = [int(part.split(":")[0]) for part in text.split("stopping after iteration ")[1:]]
+    assert len(stops) == attempts - 1 and all(f"stopping after iteration {at}: SIGUSR1" in text for at in stops)
+    for attempt, at in enumerate(stops, 2):
+        assert f"attempt {attempt} on 2 node(s) x 2 rank(s), launcher srun: iteration {at} of {LONG_ITERS}" in text
+    assert "TIMEOUT" not in text and tracker(tmp_path) == LONG_ITERS
+    assert_losses_close(losses(tmp_path), one_node_long, 1e-6, "time-limited attempts vs uninterrupted")
+
+
+@pytest.mark.slow
+def test_slurmd_killed_mid_run_then_restarted_the_job_is_requeued_and_resumes_from_its_last_checkpoint(
+        cluster, dataset, one_node_long, tmp_path):
+    job = submit(cluster, tmp_path, dataset, extra=LONG)
+    wait_for_a_checkpoint(cluster, job, tmp_path, iterations=12)
+    cluster.kill_slurmd("hm-node2")
+    killed = time.monotonic()
+    try:
+        info = cluster.wait(job, lambda info: info["JobState"] != "RUNNING", timeout=120, poll=0.5)
+        print(f"slurmd killed: the job left RUNNING after {time.monotonic() - killed:.0f}s: {info}")
+        print("node:", cluster.node_state("hm-node2"))
+    finally:
+        cluster.start_slurmd("hm-node2")
+    print(log(tmp_path)[-3000:])
+    restart_when_requeued(cluster, job, tmp_path)
+    info = wait_until_done(cluster, job, tmp_path)
+    text = log(tmp_path)
+    print(text[-3000:])
+    assert tracker(tmp_path) == LONG_ITERS
+    assert_losses_close(losses(tmp_path), one_node_long, 1e-6, "slurmd lost + requeued vs uninterrupted")
