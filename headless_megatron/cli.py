@@ -32,6 +32,7 @@ from headless_megatron.runtime.launch import (
 VERBOSE_FLAG = "--verbose"
 
 # name -> (module, one-line help)
+TRAINING_COMMANDS = ("pretrain", "finetune")  # their processes are ranks that save when stopped
 SUBCOMMANDS = {
     "env": ("headless_megatron.commands.env", "print versions, device, backend and kernels that will be used"),
     "check": (
@@ -107,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_command(argv: list[str], nproc: int | None) -> int:
+    if nproc is None and argv[0] in TRAINING_COMMANDS:
+        # This process is a rank (started by srun, torchrun or our launcher), or trains alone.
+        from headless_megatron.training.signals import record_stop_signals_during_start_up
+
+        record_stop_signals_during_start_up()
     if nproc is not None and argv[0] in SINGLE_PROCESS_COMMANDS:
         raise UsageError(f"{NPROC_FLAG}: {argv[0]} does not run on ranks; {SINGLE_PROCESS_COMMANDS[argv[0]]}")
     command, args = _parse_command(argv)

@@ -22,6 +22,7 @@ from headless_megatron.training.metrics import (
     CandidateCounter,
     MetricsLogger,
     RankStats,
+    StallWatch,
     head_flops,
     peak_flops_per_device,
     transformer_flops_per_token,
@@ -270,6 +271,17 @@ def test_the_stall_watch_measures_how_long_the_process_was_stopped():
     stalled = float(child.stdout.readline())
     assert child.wait(timeout=30) == 0
     assert 1.2 < stalled < 2.0, stalled
+
+
+def test_a_busy_call_that_holds_the_gil_is_not_a_stall():
+    import re
+
+    watch = StallWatch()
+    started = time.monotonic()
+    re.match(r"(a+)+b", "a" * 25)  # backtracks for seconds inside the regex engine, the GIL held
+    assert time.monotonic() - started > 1.0
+    assert watch.take() == 0.0
+    watch.close()
 
 
 def test_a_stalled_rank_is_the_slowest_though_its_tensor_parallel_peer_waited_as_long():

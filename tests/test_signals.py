@@ -7,6 +7,9 @@ aborts at once."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from fault_runs import FaultRun, pretrain_argv
@@ -80,3 +83,37 @@ def test_a_stop_signal_sent_from_outside_to_every_process_of_the_launch_exits_0(
     hints = [line for line in result.stderr.splitlines() if "press Ctrl-C again to abort without saving" in line]
     assert result.stderr.splitlines() == hints and len(hints) == (name == "SIGINT"), result.stderr[-3000:]
     assert not result.leftovers
+
+
+@pytest.mark.parametrize("name", ["SIGUSR1", "SIGTERM"])
+def test_a_stop_signal_during_start_up_trains_one_iteration_saves_and_exits_0(name, dataset, tmp_path):
+    """SLURM's time-limit warning or a preemption while the rank still imports torch and builds the
+    model: recorded, not fatal; the run saves after its first iteration, so a requeue makes progress."""
+    save = tmp_path / "run"
+    run = FaultRun(pretrain_argv(dataset, save, iters=40), tmp_path)
+    maps = Path(f"/proc/{run.process.pid}/maps")
+    run.wait_until(lambda: "libtorch" in maps.read_text(), timeout=60)  # importing torch: seconds before the trainer
+    assert "iteration" not in run.stdout_path.read_text()
+    run.signal_group(getattr(signal, name))
+    result = run.finish(timeout=120)
+    assert result.code == 0, result.stderr[-3000:]
+    assert f"stopping after iteration 1: {name}; saving, resume with --load {save}" in result.stdout, result.stdout
+    assert checkpoint_to_resume(save) == (save / "iter_0000001", "")
+
+
+_START_UP_THEN_NO_HANDLER = """
+import os, signal, sys
+from headless_megatron.training.signals import StopConditions, record_stop_signals_during_start_up
+record_stop_signals_during_start_up()
+if sys.argv[1] == "signalled":
+    os.kill(os.getpid(), signal.SIGUSR1)
+StopConditions(handle_signals=False, exit_duration_in_mins=None, exit_interval=None)
+print(signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+"""
+
+
+def test_with_exit_signal_handler_off_a_start_up_signal_ends_the_rank_as_without_recording():
+    quiet = subprocess.run([sys.executable, "-c", _START_UP_THEN_NO_HANDLER, "quiet"], capture_output=True, text=True)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "True", quiet.stderr
+    signalled = subprocess.run([sys.executable, "-c", _START_UP_THEN_NO_HANDLER, "signalled"], capture_output=True)
+    assert signalled.returncode == -signal.SIGUSR1 and not signalled.stdout

@@ -169,9 +169,11 @@ class StallWatch:
     """Seconds this process was not running at all since the last :meth:`take`: stopped (SIGSTOP, a
     debugger), throttled by its cgroup's CPU quota, swapped out, or its Python threads starved.
 
-    A daemon thread wakes every ``tick`` seconds; a wake-up later than ``threshold`` counts, less
-    the tick, as a stall. The compute timers cannot tell such a rank apart from its tensor-parallel
-    peers, which wait for it inside the same layers; this can.
+    A daemon thread wakes every ``tick`` seconds; a wake-up later than ``threshold`` during which
+    the process used less than half that time of CPU counts, less the tick, as a stall (a C call
+    that holds the GIL, such as a checkpoint's serialization, keeps the CPU busy: not a stall). The
+    compute timers cannot tell a stalled rank apart from its tensor-parallel peers, which wait for
+    it inside the same layers; this can.
     """
 
     def __init__(self, tick: float = 0.1, threshold: float = 0.5):
@@ -183,13 +185,13 @@ class StallWatch:
         self._thread.start()
 
     def _watch(self) -> None:
-        last = time.monotonic()
+        last, last_cpu = time.monotonic(), time.process_time()
         while not self._stop.wait(self.tick):
-            now = time.monotonic()
-            if now - last > self.threshold:
+            now, cpu = time.monotonic(), time.process_time()
+            if now - last > self.threshold and cpu - last_cpu < (now - last) / 2:
                 with self._lock:
                     self.stalled += now - last - self.tick
-            last = now
+            last, last_cpu = now, cpu
 
     def take(self) -> float:
         """The stalled seconds since the last call."""

@@ -23,6 +23,27 @@ import time
 from headless_megatron.runtime.processes import STOP_SIGNALS, kill_children
 
 _REASONS = ("", "SIGTERM", "SIGUSR1", "exit_duration_in_mins", "exit_interval", "SIGINT")
+_START_UP_SIGNALS = {signal.SIGTERM: 1, signal.SIGUSR1: 2}
+_received_during_start_up = 0
+_recording_start_up = False
+
+
+def record_stop_signals_during_start_up() -> None:
+    """Record SIGTERM/SIGUSR1 from here on instead of dying of them; the first thing a rank does.
+
+    SLURM's time-limit warning or a preemption can come while ranks still import torch or load a
+    checkpoint. Recorded, the run trains one iteration, saves and stops (progress, so the job
+    requeues itself); by default the rank would die unsaved. :class:`StopConditions` takes over.
+    """
+    global _recording_start_up
+
+    def record(signum, _frame):
+        global _received_during_start_up
+        _received_during_start_up = _received_during_start_up or _START_UP_SIGNALS[signum]
+
+    _recording_start_up = True
+    for number in _START_UP_SIGNALS:
+        signal.signal(number, record)
 
 
 class StopConditions:
@@ -32,11 +53,19 @@ class StopConditions:
         self.started = time.monotonic()
         self.exit_duration_in_mins = exit_duration_in_mins
         self.exit_interval = exit_interval
-        self.received = 0
+        self.received = _received_during_start_up if handle_signals else 0
         self.previous_handlers = {}
         if handle_signals:
             for code, number in ((1, signal.SIGTERM), (2, signal.SIGUSR1), (5, signal.SIGINT)):
                 self.previous_handlers[number] = signal.signal(number, self._record(code))
+        elif _received_during_start_up:
+            # Signals are not ours to handle (exit_signal_handler off): die of it, as without us.
+            number = next(n for n, code in _START_UP_SIGNALS.items() if code == _received_during_start_up)
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+        elif _recording_start_up:
+            for number in _START_UP_SIGNALS:
+                signal.signal(number, signal.SIG_DFL)
 
     def _record(self, code: int):
         def handler(signum, _frame):
