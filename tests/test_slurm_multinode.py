@@ -1,13 +1,16 @@
 """The sbatch scripts of examples/slurm/ run unchanged on a private two-node SLURM (``TwoNodeSlurm``:
-two ``slurmd`` in their own network namespaces, 2 CPU ranks per node), and a lost node or a hung
-rank ends the job within ``distributed_timeout_minutes`` instead of hanging it.
+two ``slurmd`` in their own network namespaces, 2 CPU ranks per node), and the faults of a cluster
+end a job in bounded time, never hang it, and the job resumes exactly.
 
 The layout is TP2 x DP2: the tensor-parallel pairs stay within a node, the data-parallel gradient
 reduction crosses the bridge. Every run's losses must equal those of the same layout on one node.
-A fault (every rank of the second node killed, or one rank stopped with SIGSTOP) must fail the
-step in bounded time; the scripts then requeue the job (it had published a checkpoint), and the
-resumed attempt's losses must continue the uninterrupted run's. Skipped where SLURM's daemons or
-network namespaces (root, iproute2) are unavailable.
+The faults: the second node's ranks killed (under srun, and every process of the node under
+torchrun's rendezvous); one rank stopped (SIGSTOP); the first node's ranks stopped, and rank 0's
+rendezvous store with them; a straggler stopped for seconds (named, not fatal); and, in the slow
+tier, a node's slurmd killed and restarted, and the SLURM time limit with its warning signal. The
+scripts (or SLURM, for a lost node) requeue the job, and the resumed attempts' losses must continue
+the uninterrupted run's. Skipped where SLURM's daemons or network namespaces (root, iproute2) are
+unavailable.
 """
 
 from __future__ import annotations

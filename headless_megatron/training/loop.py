@@ -111,9 +111,6 @@ class Trainer:
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config = config
         self.device = device
-        # From the start: a stop signal while the model is built or the checkpoint loaded (minutes
-        # at scale) is recorded and honoured after the first iteration, instead of killing the rank.
-        self.stop = StopConditions(config.exit_signal_handler, config.exit_duration_in_mins, config.exit_interval)
         self.family = family_of(config)
         check_data(config)  # before anything is built or loaded
         self.world_size = dist.get_world_size()
@@ -339,7 +336,9 @@ class Trainer:
 
     def train(self) -> RunSummary:
         config = self.config
-        stop = self.stop
+        # A signal while the model was built or the checkpoint loaded was recorded since the rank's
+        # first line (record_stop_signals_during_start_up): it stops the run after this iteration.
+        stop = StopConditions(config.exit_signal_handler, config.exit_duration_in_mins, config.exit_interval)
         data = self.train_data_iterator()
         profiler = StepProfiler(config, dist.get_rank(), self.iteration + 1)
         losses, val_loss, saved_at, stopped_by = [], None, self.iteration, ""
