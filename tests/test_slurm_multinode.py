@@ -292,6 +292,7 @@ def test_slurmd_killed_mid_run_then_restarted_the_job_is_requeued_and_resumes_fr
     info = wait_until_done(cluster, job, tmp_path)
     text = log(tmp_path)
     assert "srun: error: Node failure on hm-node2" in text and "DUE TO NODE FAILURE" in text, text
+    assert "not requeueing from here (SLURM itself requeues" in text  # SLURM did: Restarts=1
     stopped_at = int(text.split("stopping after iteration ")[1].split(":")[0])
     assert f"stopping after iteration {stopped_at}: SIGTERM; saving" in text
     assert f"attempt 2 on 2 node(s) x 2 rank(s), launcher srun: iteration {stopped_at} of {LONG_ITERS}" in text

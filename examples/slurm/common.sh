@@ -10,7 +10,7 @@
 #   2. starts the training step with `srun`, in the background, so that this shell can react to
 #      signals while it runs (bash runs a trap only after the foreground command returns);
 #   3. on SIGUSR1/SIGTERM to this shell (`--signal=B:USR1@120`, `scancel --batch`; `scancel`, the
-#      time limit and preemption send SIGTERM to every process of the job) passes the signal on to
+#      time limit, preemption and a node failure send SIGTERM to every process of the job) passes the signal on to
 #      the training step; the trainer finishes its iteration, saves a checkpoint and exits;
 #   4. after the step: done if the latest checkpoint is at train_iters; not requeued if this shell
 #      got SIGTERM (SLURM is ending the job: `scancel` must stay final, and SLURM requeues
@@ -166,8 +166,9 @@ train_and_requeue() {
         exit 0
     fi
     if [[ -n $ended_by_slurm ]]; then
-        echo "$(date '+%F %T') SLURM is ending the job (SIGTERM: scancel, time limit or preemption):" \
-            "latest checkpoint at iteration $latest; not requeueing"
+        echo "$(date '+%F %T') SLURM is ending the job (SIGTERM: scancel, time limit, preemption or a failed" \
+            "node): latest checkpoint at iteration $latest; not requeueing from here (SLURM itself requeues" \
+            "a preempted job, or one whose node failed, when it may: --requeue)"
         exit "$step_rc"
     fi
     if ((latest > started_at)); then
