@@ -18,8 +18,10 @@ names both nodes), so that the ranks of a job meet over a real network as on a c
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
@@ -256,9 +258,6 @@ class TwoNodeSlurm(LocalSlurm):
     """
 
     NODES = ("hm-node1", "hm-node2")
-    # A lost slurmd is noticed within seconds (pings every third of this), not minutes; still far
-    # more than a loaded test machine needs to answer a ping.
-    slurmd_timeout = 20
 
     def __init__(self, directory: str | os.PathLike, cpus_per_node: int = 4):
         super().__init__(directory)
@@ -335,6 +334,22 @@ SlurmdLogFile={d / "log/slurmd-%n.log"}""",
             self.stop()
             raise
         return super().start(timeout)
+
+    @contextlib.contextmanager
+    def slurmd_timeout_of(self, seconds: int):
+        """Within the block, a node whose slurmd does not answer for ``seconds`` is set DOWN (the
+        controller pings every third of that); SLURM's 300 s again afterwards. Not for the whole
+        cluster: a loaded test machine can leave a ping unanswered for seconds."""
+        self._reconfigure_slurmd_timeout(seconds)
+        try:
+            yield
+        finally:
+            self._reconfigure_slurmd_timeout(self.slurmd_timeout)
+
+    def _reconfigure_slurmd_timeout(self, seconds: int) -> None:
+        self.conf.write_text(re.sub(r"^SlurmdTimeout=\d+$", f"SlurmdTimeout={seconds}", self.conf.read_text(),
+                                    flags=re.MULTILINE))
+        self._run("scontrol", "reconfigure")
 
     def kill_slurmd(self, node: str) -> None:
         """SIGKILL ``node``'s slurmd; its job steps (their slurmstepd) go on without it."""

@@ -21,6 +21,7 @@ from headless_megatron.config import (
     parse_config,
 )
 from headless_megatron.config.megatron import transformer_config
+from headless_megatron.config.reporting import ReportingFields
 from headless_megatron.models.registry import validate_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -354,7 +355,9 @@ def test_to_dict_from_dict_round_trip(tmp_path):
     assert config_from_dict(config.to_dict()) == config
     config.to_yaml(tmp_path / "full.yaml")
     assert config_from_yaml(tmp_path / "full.yaml") == config
-    assert list(config.to_dict()) == [f.name for f in dataclasses.fields(TrainConfig)]
+    reporting = [f.name for f in dataclasses.fields(ReportingFields)]
+    run = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in reporting]
+    assert list(config.to_dict()) == run + reporting and run[0] == "model" and reporting[0] == "log_interval"
 
 
 def test_from_dict_refuses_unknown_keys():

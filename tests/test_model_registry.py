@@ -16,7 +16,7 @@ from headless_megatron.training.metrics import transformer_flops_per_token
 ROOT = Path(__file__).parent.parent
 RECIPES = sorted(str(path) for path in (ROOT / "configs").glob("*.yaml"))
 INTERFACE = ("name", "kind", "objective", "validate", "build_stage", "wrap_data", "forward",
-             "attended_positions", "projected_positions", "hf_conversions")
+             "attended_positions", "projected_positions", "hf_conversions", "stage_parameters")
 
 
 def tiny(recipe: str, *flags: str):

@@ -364,8 +364,10 @@ class TrainConfig(ReportingFields, DerivedValues):
     # ---- Files ----
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields as plain YAML/JSON-serialisable values, in declaration order (for
-        checkpoints and metrics; :func:`~headless_megatron.config.loader.config_from_dict` reads it back)."""
+        """All fields as plain YAML/JSON-serialisable values, in declaration order with the
+        reporting fields (a base class, so declared first) last: the model and the run read first
+        (for checkpoints, metrics and config.yaml; :func:`~headless_megatron.config.loader.config_from_dict`
+        reads it back)."""
         values = dataclasses.asdict(self)
         reporting = [field.name for field in dataclasses.fields(ReportingFields)]  # a base: listed last
         return {**{k: v for k, v in values.items() if k not in reporting}, **{k: values[k] for k in reporting}}
