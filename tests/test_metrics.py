@@ -204,7 +204,7 @@ def test_rates_are_the_intervals_means_not_the_last_iterations(tmp_path):
 
 
 def _train_with_a_slow_rank(argv, slow_rank):
-    """On each rank: pretrain, ``slow_rank`` 20 ms slower in each micro-batch's forward step; returns
+    """On each rank: pretrain, ``slow_rank`` 100 ms slower in each micro-batch's forward step; returns
     what the rank printed."""
     import contextlib
     import io
@@ -220,7 +220,7 @@ def _train_with_a_slow_rank(argv, slow_rank):
 
     def slow_forward_step(data_iterator, model):
         if dist.get_rank() == slow_rank:
-            time.sleep(0.02)
+            time.sleep(0.1)  # well above the noise of a loaded 2-core machine
         return forward_step(data_iterator, model)
 
     trainer.forward_step = slow_forward_step
@@ -239,7 +239,7 @@ def test_the_log_names_the_slowest_rank_and_megatron_timers_per_iteration(datase
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [record["iteration"] for record in records] == [2, 4]
     for record in records:
-        assert record["slowest_rank"] == 1  # 2 micro-batches x 20 ms more compute than rank 0
+        assert record["slowest_rank"] == 1  # 2 micro-batches x 100 ms more compute than rank 0
         assert record["forward_compute_seconds"] > 0.04
         compute = record["forward_compute_seconds"] + record["backward_compute_seconds"]
         assert record["forward_backward_seconds"] > compute * 0.5
@@ -284,7 +284,7 @@ def test_a_busy_call_that_holds_the_gil_is_not_a_stall():
     watch.close()
 
 
-def test_a_stalled_rank_is_the_slowest_though_its_tensor_parallel_peer_waited_as_long():
+def test_a_stalled_rank_is_named_though_its_tensor_parallel_peer_computed_as_long():
     timers = {name: 0.0 for name in TIMER_NAMES}
 
     def row(seconds, compute, stalled):
@@ -293,9 +293,10 @@ def test_a_stalled_rank_is_the_slowest_though_its_tensor_parallel_peer_waited_as
 
     # Rank 3 was stopped for 4 s in its forward pass; rank 2 waited for it in the same layers.
     ranks = RankStats([row(4.5, 0.3, 0.0), row(4.5, 0.3, 0.0), row(4.5, 4.3, 0.0), row(4.5, 4.25, 4.0)])
-    assert ranks.slowest == 3 and ranks.slowest_stalled == 4.0
+    assert ranks.slowest == 2 and (ranks.stalled_rank, ranks.stalled_seconds) == (3, 4.0)
     assert (ranks.min_compute, ranks.max_compute) == (0.3, 4.3)
-    assert RankStats([row(0.5, 0.3, 0.0), row(0.5, 0.4, 0.0)]).slowest_stalled == 0.0
+    quiet = RankStats([row(0.5, 0.3, 0.0), row(0.5, 0.4, 0.0)])
+    assert quiet.slowest == 1 and (quiet.stalled_rank, quiet.stalled_seconds) == (None, 0.0)
 
 
 @pytest.mark.parametrize("name, teraflops", [

@@ -247,11 +247,11 @@ def test_a_rank_stopped_for_seconds_is_named_the_slowest_and_the_job_completes(c
     os.kill(slow, signal.SIGCONT)
     info = wait_until_done(cluster, job, tmp_path)
     text = log(tmp_path)
-    stalled = [record for record in metrics(tmp_path) if record["slowest_rank_stalled_seconds"] > 2]
+    stalled = [record for record in metrics(tmp_path) if record["stalled_seconds"] > 2]
     assert info["Restarts"] == "0" and len(stalled) == 1, text
-    assert stalled[0]["slowest_rank"] == 3 and 3.5 < stalled[0]["slowest_rank_stalled_seconds"] < 4.5, stalled
-    assert stalled[0]["iteration_seconds"] > 3.5
-    assert f"slowest rank 3, stalled {stalled[0]['slowest_rank_stalled_seconds']:.1f} s)" in text, text
+    assert stalled[0]["stalled_rank"] == 3 and 3.5 < stalled[0]["stalled_seconds"] < 4.5, stalled
+    assert stalled[0]["iteration_seconds"] > 3.5 and stalled[0]["slowest_rank"] in (2, 3)  # 3's TP peer waited
+    assert f"; rank 3 stalled {stalled[0]['stalled_seconds']:.1f} s)" in text, text
     assert_losses_close(losses(tmp_path), one_node, 1e-6, "a straggler vs none")
 
 

@@ -215,15 +215,15 @@ class RankStats:
         stalled = [row[2] for row in rows]
         self.timers = [max(row[3 + index] for row in rows) for index in range(len(rows[0]) - 3)]
         # Ranks wait for each other in every collective, so their step times come out nearly equal:
-        # the straggler is the rank whose own compute (forward and backward) took longest. A rank
-        # that stopped running has its stall added: its tensor-parallel peers waited as long inside
-        # the layers' all-reduces, so their compute grew as much as its own.
+        # the straggler is the rank whose own compute (forward and backward) took longest.
         compute = [sum(row[3 + TIMER_NAMES.index(name)] for name in COMPUTE_TIMERS) for row in rows] \
             if self.timers else seconds
+        self.slowest = compute.index(max(compute))
         self.min_compute, self.max_compute = min(compute), max(compute)
-        own_time = [c + s for c, s in zip(compute, stalled, strict=True)]
-        self.slowest = own_time.index(max(own_time))
-        self.slowest_stalled = stalled[self.slowest]
+        # A rank that stopped running is named apart: its tensor-parallel peers waited as long inside
+        # the layers' all-reduces, so compute alone may name one of them.
+        self.stalled_seconds = max(stalled)
+        self.stalled_rank = stalled.index(self.stalled_seconds) if self.stalled_seconds else None
 
     @classmethod
     def gather(cls, seconds: float, memory: int, stalled: float, timers: list[float], world_size: int) -> RankStats:
@@ -334,7 +334,8 @@ class MetricsLogger:
             "iteration_seconds_min": ranks.min_seconds,
             "iteration_seconds_max": ranks.max_seconds,
             "slowest_rank": ranks.slowest,
-            "slowest_rank_stalled_seconds": ranks.slowest_stalled,
+            "stalled_rank": ranks.stalled_rank,
+            "stalled_seconds": ranks.stalled_seconds,
             MEMORY_KEY: ranks.memory_gib,
             "elapsed_seconds": time.monotonic() - self.started,
             "consumed_samples": consumed_samples,
@@ -349,7 +350,7 @@ class MetricsLogger:
         norm = "n/a" if grad_norm is None or math.isnan(grad_norm) else f"{grad_norm:.3f}"
         mfu = f" | MFU {record['mfu']:.1%}" if peak else ""
         compute = f"{ranks.min_compute / interval.iterations:.3f}-{ranks.max_compute / interval.iterations:.3f}"
-        stalled = f", stalled {ranks.slowest_stalled:.1f} s" if ranks.slowest_stalled else ""
+        stalled = f"; rank {ranks.stalled_rank} stalled {ranks.stalled_seconds:.1f} s" if ranks.stalled_seconds else ""
         spread = f" ({ranks.min_seconds:.3f}-{ranks.max_seconds:.3f} s; compute {compute} s, slowest rank " \
                  f"{ranks.slowest}{stalled})" if self.world_size > 1 else ""
         self._print(
