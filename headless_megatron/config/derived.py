@@ -33,6 +33,11 @@ class DerivedValues:
         return self.num_query_groups or self.num_attention_heads
 
     @property
+    def norm_parameters(self) -> int:
+        """Parameters of one norm: its weight, and its bias with LayerNorm."""
+        return self.hidden_size * (2 if self.normalization == "LayerNorm" else 1)
+
+    @property
     def max_positions(self) -> int:
         """Rows of the position table, with max_position_embeddings' default resolved."""
         return self.max_position_embeddings or self.seq_length

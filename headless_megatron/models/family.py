@@ -77,3 +77,19 @@ class ModelFamily(Protocol):
         """Its Hugging Face conversions (``export-hf`` and ``import-hf``), one per HF class, none when
         it has none; an export without ``--model-type`` takes the first that represents the
         checkpoint. Imported when asked for, since conversions import torch."""
+
+
+def embedding_and_output_parameters(config: TrainConfig, padded_vocab: int, tp: int, *, first: bool,
+                                    last: bool) -> int:
+    """What the stages of every family hold, on one TP rank: the word (and learned position)
+    embeddings on the ``first`` stage; on the ``last``, the output layer's weight when it has its
+    own (untied), or a copy of the embeddings on a later stage (tied)."""
+    vocab_rows = padded_vocab // tp * config.hidden_size
+    count = 0
+    if first:
+        count += vocab_rows
+        count += config.max_positions * config.hidden_size if config.position_embedding_type == "learned_absolute" \
+            else 0
+    if last and (config.untie_embeddings_and_output_weights or not first):
+        count += vocab_rows
+    return count

@@ -61,13 +61,12 @@ def layer_parameters(config: TrainConfig, tp: int) -> int:
     """Parameters of one transformer layer on one TP rank."""
     h, f = config.hidden_size, config.ffn_size
     q, kv = config.num_attention_heads * config.head_dim, config.query_groups * config.head_dim
-    norm = h * (2 if config.normalization == "LayerNorm" else 1)
     fc1 = f * (2 if config.swiglu else 1)
     biased = config.add_bias_linear
     qkv = (h + int(biased or config.add_qkv_bias)) * (q + 2 * kv) // tp
     projection = q * h // tp + (h if biased else 0)  # a row-parallel bias is whole on every rank
     mlp = (h + int(biased)) * fc1 // tp + f * h // tp + (h if biased else 0)
-    return 2 * norm + qkv + projection + mlp
+    return 2 * config.norm_parameters + qkv + projection + mlp
 
 
 def bytes_per_parameter(config: TrainConfig, data_parallel: int) -> tuple[float, float, float]:

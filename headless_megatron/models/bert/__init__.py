@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from headless_megatron.config.fields import fail
 from headless_megatron.config.schema import TrainConfig
+from headless_megatron.models.family import embedding_and_output_parameters
 
 
 class BertFamily:
@@ -55,19 +56,15 @@ class BertFamily:
         return loss_positions if config.mlm_project_masked_only else tokens
 
     def stage_parameters(self, config: TrainConfig, padded_vocab: int, tp: int, *, first: bool, last: bool) -> int:
-        h = config.hidden_size
-        norm = h * (2 if config.normalization == "LayerNorm" else 1)
+        h, norm = config.hidden_size, config.norm_parameters
         post_ln = config.transformer_block_type == "post_ln"
-        count = 0
+        count = embedding_and_output_parameters(config, padded_vocab, tp, first=first, last=last)
         if first:
-            count += padded_vocab // tp * h + config.num_tokentypes * h
-            count += config.max_positions * h if config.position_embedding_type == "learned_absolute" else 0
-            count += norm if post_ln else 0  # BERT's embedding norm
+            count += config.num_tokentypes * h + (norm if post_ln else 0)  # BERT's embedding norm
         if last:
             count += 0 if post_ln else norm  # the encoder's final norm
             if config.loss == "ce":  # BertLMHead (dense, GELU, norm) and the output bias
                 count += h * h + h + norm + padded_vocab // tp
-            count += padded_vocab // tp * h if config.untie_embeddings_and_output_weights or not first else 0
         return count
 
     def hf_conversions(self):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from headless_megatron.config.fields import fail
 from headless_megatron.config.loader import field_defaults
 from headless_megatron.config.schema import TrainConfig
+from headless_megatron.models.family import embedding_and_output_parameters
 
 # Keys of the masked-LM objective: a decoder learns every next token, so a value set here for a GPT
 # would be ignored without a word.
@@ -60,16 +61,8 @@ class GPTFamily:
         return tokens
 
     def stage_parameters(self, config: TrainConfig, padded_vocab: int, tp: int, *, first: bool, last: bool) -> int:
-        h = config.hidden_size
-        count = 0
-        if first:
-            count += padded_vocab // tp * h
-            count += config.max_positions * h if config.position_embedding_type == "learned_absolute" else 0
-        if last:
-            count += h * (2 if config.normalization == "LayerNorm" else 1)  # the final norm
-            # the output layer: its own weight untied, else a copy of the embeddings on a later stage
-            count += padded_vocab // tp * h if config.untie_embeddings_and_output_weights or not first else 0
-        return count
+        final_norm = config.norm_parameters if last else 0
+        return embedding_and_output_parameters(config, padded_vocab, tp, first=first, last=last) + final_norm
 
     def hf_conversions(self):
         from headless_megatron.models.gpt.hf_gpt2 import GPT2Conversion
