@@ -23,9 +23,15 @@ import time
 from headless_megatron.runtime.processes import STOP_SIGNALS, kill_children
 
 _REASONS = ("", "SIGTERM", "SIGUSR1", "exit_duration_in_mins", "exit_interval", "SIGINT")
-_START_UP_SIGNALS = {signal.SIGTERM: 1, signal.SIGUSR1: 2}
-_received_during_start_up = 0
-_recording_start_up = False
+# Each stop signal's code: its index in _REASONS, and what the ranks' MAX all-reduce compares.
+_SIGNAL_CODES = {signal.SIGTERM: 1, signal.SIGUSR1: 2, signal.SIGINT: 5}
+_START_UP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_signal_during_start_up = 0  # the first one received, 0 if none
+
+
+def _record_during_start_up(signum, _frame) -> None:
+    global _signal_during_start_up
+    _signal_during_start_up = _signal_during_start_up or signum
 
 
 def record_stop_signals_during_start_up() -> None:
@@ -35,15 +41,8 @@ def record_stop_signals_during_start_up() -> None:
     checkpoint. Recorded, the run trains one iteration, saves and stops (progress, so the job
     requeues itself); by default the rank would die unsaved. :class:`StopConditions` takes over.
     """
-    global _recording_start_up
-
-    def record(signum, _frame):
-        global _received_during_start_up
-        _received_during_start_up = _received_during_start_up or _START_UP_SIGNALS[signum]
-
-    _recording_start_up = True
     for number in _START_UP_SIGNALS:
-        signal.signal(number, record)
+        signal.signal(number, _record_during_start_up)
 
 
 class StopConditions:
@@ -53,19 +52,19 @@ class StopConditions:
         self.started = time.monotonic()
         self.exit_duration_in_mins = exit_duration_in_mins
         self.exit_interval = exit_interval
-        self.received = _received_during_start_up if handle_signals else 0
+        self.received = _SIGNAL_CODES.get(_signal_during_start_up, 0) if handle_signals else 0
         self.previous_handlers = {}
         if handle_signals:
-            for code, number in ((1, signal.SIGTERM), (2, signal.SIGUSR1), (5, signal.SIGINT)):
+            for number, code in _SIGNAL_CODES.items():
                 self.previous_handlers[number] = signal.signal(number, self._record(code))
-        elif _received_during_start_up:
-            # Signals are not ours to handle (exit_signal_handler off): die of it, as without us.
-            number = next(n for n, code in _START_UP_SIGNALS.items() if code == _received_during_start_up)
-            signal.signal(number, signal.SIG_DFL)
-            os.kill(os.getpid(), number)
-        elif _recording_start_up:
-            for number in _START_UP_SIGNALS:
+            return
+        # Signals are not ours to handle (exit_signal_handler off): their default actions again,
+        # and a signal that came during start-up ends the process, as it would have without us.
+        for number in _START_UP_SIGNALS:
+            if signal.getsignal(number) is _record_during_start_up:
                 signal.signal(number, signal.SIG_DFL)
+        if _signal_during_start_up:
+            os.kill(os.getpid(), _signal_during_start_up)
 
     def _record(self, code: int):
         def handler(signum, _frame):
